@@ -1,0 +1,118 @@
+"""Per-layer accounting of any PEFT adapter: trainable values, rank bound of dW and its measured rank.
+
+Works on every PEFT tuner layer that has ``get_delta_weight(adapter_name)`` (LoRA, DoRA, VeRA, LoKr, HiRA, TeRA, ...).
+The theoretical bound comes from a small registry keyed by layer class; methods without an entry get the trivial
+bound ``min(d_out, d_in)``.  Other packages (e.g. ``baselines``) add their bounds with :func:`register_rank_bound`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.vera import VeraLayer
+from torch import nn
+
+from .layer import TeraLayer
+
+RankBound = Callable[[BaseTunerLayer, str], int]
+_RANK_BOUNDS: dict[type, RankBound] = {}
+
+# Singular values below s_max * max(d_out, d_in) * RANK_EPS count as zero: the NumPy/LAPACK convention for float32
+# data.  A 16-bit dW therefore shows its rounding noise as extra rank; measure on a float32 model for exact ranks.
+RANK_EPS = torch.finfo(torch.float32).eps
+
+
+def register_rank_bound(layer_cls: type, bound: RankBound) -> None:
+    """Declare the theoretical ``rank(dW)`` bound of a tuner layer class: ``bound(layer, adapter_name) -> int``."""
+    _RANK_BOUNDS[layer_cls] = bound
+
+
+def _shape(layer: BaseTunerLayer) -> tuple[int, int]:
+    base = layer.get_base_layer()
+    return int(base.out_features), int(base.in_features)
+
+
+register_rank_bound(TeraLayer, lambda layer, name: layer.rank_bound(name))
+register_rank_bound(LoraLayer, lambda layer, name: min(layer.r[name], *_shape(layer)))
+register_rank_bound(VeraLayer, lambda layer, name: min(layer.r[name], *_shape(layer)))
+
+
+def rank_bound(layer: BaseTunerLayer, adapter_name: str) -> int:
+    for cls in type(layer).__mro__:
+        if cls in _RANK_BOUNDS:
+            return int(_RANK_BOUNDS[cls](layer, adapter_name))
+    return min(_shape(layer))
+
+
+def trainable_count(layer: BaseTunerLayer, adapter_name: str) -> int:
+    """Values the adapter trains in this layer (everything in its ``adapter_layer_names`` containers)."""
+    total = 0
+    for attr in layer.adapter_layer_names:
+        container = getattr(layer, attr, None)
+        if container is None or adapter_name not in container:
+            continue
+        item = container[adapter_name]
+        total += item.numel() if isinstance(item, torch.Tensor) else sum(p.numel() for p in item.parameters())
+    return total
+
+
+def numerical_rank(matrix: torch.Tensor) -> tuple[int, float]:
+    """Rank of ``matrix`` from a float64 SVD, and the absolute tolerance used."""
+    values = torch.linalg.svdvals(matrix.detach().to(torch.float64))
+    top = float(values.max()) if values.numel() else 0.0
+    tolerance = top * max(matrix.shape) * RANK_EPS
+    if top == 0.0:
+        return 0, 0.0
+    return int((values > tolerance).sum()), tolerance
+
+
+@dataclass
+class LayerReport:
+    name: str
+    method: str
+    d_out: int
+    d_in: int
+    trainable: int
+    rank_bound: int
+    rank: Optional[int]  # None when not measured
+    tolerance: Optional[float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def adapter_report(model: nn.Module, adapter_name: Optional[str] = None, measure_rank: bool = True) -> list[LayerReport]:
+    """One :class:`LayerReport` per adapted layer of ``model`` (a ``PeftModel`` or a model with injected layers).
+
+    ``adapter_name`` defaults to the first active adapter.  ``measure_rank=False`` skips the SVDs (slow on CPU for
+    7B-sized layers).
+    """
+    reports = []
+    for name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer) or not hasattr(module, "get_delta_weight"):
+            continue
+        adapter = adapter_name or module.active_adapters[0]
+        if trainable_count(module, adapter) == 0:
+            continue
+        d_out, d_in = _shape(module)
+        rank = tolerance = None
+        if measure_rank:
+            with torch.no_grad():
+                rank, tolerance = numerical_rank(module.get_delta_weight(adapter))
+        reports.append(
+            LayerReport(
+                name=name.removeprefix("base_model.model."),
+                method=type(module).__module__.split(".")[-2] if "." in type(module).__module__ else "",
+                d_out=d_out,
+                d_in=d_in,
+                trainable=trainable_count(module, adapter),
+                rank_bound=rank_bound(module, adapter),
+                rank=rank,
+                tolerance=tolerance,
+            )
+        )
+    return reports

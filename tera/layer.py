@@ -1,0 +1,214 @@
+"""TeRA layers: per-layer trainable diagonals on top of frozen factors shared through the model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from .config import TeraConfig
+from .contraction import delta_weight, factorised_delta, merged_linear
+from .cost import FACTORISED, MERGED, choose_path
+from .tensorize import TensorPlan
+
+
+def core_key(plan: TensorPlan) -> str:
+    return f"{plan.key}_core"
+
+
+def factor_key(plan: TensorPlan, mode: int) -> str:
+    return f"{plan.key}_f{mode}"
+
+
+class TeraLayer(BaseTunerLayer):
+    # The only trained tensors: one vector per adapter holding all diagonals of this layer, concatenated mode by mode.
+    adapter_layer_names = ("tera_lambda",)
+    other_param_names = ("tera_plan", "tera_placement", "tera_scaling", "tera_forward_path")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.tera_lambda = nn.ParameterDict({})
+        self.tera_plan: dict[str, TensorPlan] = {}
+        self.tera_placement: dict[str, str] = {}
+        self.tera_scaling: dict[str, float] = {}
+        self.tera_forward_path: dict[str, str] = {}
+        # The shared factors live once on the TeraModel; a plain (unregistered) reference keeps them out of this
+        # layer's state dict and out of `.to()` twice.
+        object.__setattr__(self, "_tera_shared", None)
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        base = self.get_base_layer()
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.kwargs = kwargs
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        shared: BufferDict,
+        plan: TensorPlan,
+        config: TeraConfig,
+        inference_mode: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 <= config.zero_init_mode < len(plan.modes):
+            raise ValueError(
+                f"zero_init_mode={config.zero_init_mode} does not index one of the {len(plan.modes)} modes of "
+                f"tensor plan {plan.key}; choose a value below {len(plan.modes)}."
+            )
+        object.__setattr__(self, "_tera_shared", shared)
+        self.tera_plan[adapter_name] = plan
+        self.tera_placement[adapter_name] = config.diagonal_placement
+        self.tera_scaling[adapter_name] = config.scaling
+        self.tera_forward_path[adapter_name] = config.forward_path
+        self.tera_lambda[adapter_name] = nn.Parameter(torch.zeros(sum(self._lambda_sizes(adapter_name))))
+        self.reset_tera_parameters(adapter_name, config)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _lambda_sizes(self, adapter_name: str) -> tuple[int, ...]:
+        plan = self.tera_plan[adapter_name]
+        return plan.ranks if self.tera_placement[adapter_name] == "rank" else plan.modes
+
+    def reset_tera_parameters(self, adapter_name: str, config: TeraConfig) -> None:
+        sizes = self._lambda_sizes(adapter_name)
+        with torch.no_grad():
+            lam = self.tera_lambda[adapter_name]
+            if config.init_weights:
+                lam.fill_(config.init_lambda)
+                start = sum(sizes[: config.zero_init_mode])
+                lam[start : start + sizes[config.zero_init_mode]] = 0.0  # dW = 0: start from the pretrained model
+            else:
+                lam.copy_(config.init_lambda * (1.0 + 0.5 * torch.randn_like(lam)))
+
+    def lambdas(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
+        """The diagonals of ``adapter_name``, one view per mode."""
+        return torch.split(self.tera_lambda[adapter_name], self._lambda_sizes(adapter_name))
+
+    def shared_factors(self, adapter_name: str, dtype: torch.dtype, device: torch.device):
+        plan = self.tera_plan[adapter_name]
+        shared = self._tera_shared
+        core = shared[core_key(plan)].to(device=device, dtype=dtype)
+        factors = [shared[factor_key(plan, n)].to(device=device, dtype=dtype) for n in range(len(plan.modes))]
+        return core, factors
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The update ``dW`` (``d_out x d_in``) that merging adds to the base weight."""
+        weight = self.get_base_layer().weight
+        # Some CPUs have slow half-precision matmuls: build the update in float32 there, then cast.
+        compute_dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
+        core, factors = self.shared_factors(adapter_name, compute_dtype, weight.device)
+        lambdas = [lam.to(compute_dtype) for lam in self.lambdas(adapter_name)]
+        plan = self.tera_plan[adapter_name]
+        delta = delta_weight(
+            plan, core, factors, lambdas, self.tera_placement[adapter_name], self.tera_scaling[adapter_name]
+        )
+        return delta.to(weight.dtype)
+
+    def num_trainable(self, adapter_name: str) -> int:
+        return self.tera_lambda[adapter_name].numel()
+
+    def rank_bound(self, adapter_name: str) -> int:
+        plan = self.tera_plan[adapter_name]
+        placement_sizes = None if self.tera_placement[adapter_name] == "rank" else plan.modes
+        return plan.rank_bound(placement_sizes)
+
+    def choose_path(self, adapter_name: str, x: torch.Tensor) -> str:
+        forced = self.tera_forward_path[adapter_name]
+        if forced != "auto":
+            return forced
+        tokens = x.numel() // x.shape[-1]
+        training = torch.is_grad_enabled() and self.tera_lambda[adapter_name].requires_grad
+        return choose_path(self.tera_plan[adapter_name], tokens, training, x.device.type, x.element_size())
+
+
+class Linear(nn.Module, TeraLayer):
+    """TeRA on an ``nn.Linear``."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        shared: BufferDict,
+        plan: TensorPlan,
+        adapter_name: str,
+        config: TeraConfig,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        TeraLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, shared, plan, config)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self.tera_lambda:
+                continue
+            if safe_merge:
+                weight = base.weight.data.clone()
+                weight += self.get_delta_weight(name)
+                if not torch.isfinite(weight).all():
+                    raise ValueError(f"NaNs detected in the merged weights; the TeRA adapter {name!r} seems broken.")
+                base.weight.data = weight
+            else:
+                base.weight.data += self.get_delta_weight(name)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.tera_lambda:
+                base.weight.data -= self.get_delta_weight(name)
+
+    def _adapter_operands(self, name: str, x: torch.Tensor):
+        """Plan, core and factors (in x's dtype), diagonals, placement and scale of one adapter."""
+        core, factors = self.shared_factors(name, x.dtype, x.device)
+        return (
+            self.tera_plan[name], core, factors, self.lambdas(name), self.tera_placement[name], self.tera_scaling[name]
+        )
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.tera_lambda]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+
+        base = self.get_base_layer()
+        previous_dtype = x.dtype
+        x = self._cast_input_dtype(x, base.weight.dtype)
+        paths = {name: self.choose_path(name, x) for name in active}
+        if len(active) == 1 and paths[active[0]] == MERGED and type(base) is nn.Linear:
+            # One matmul with W + dW; the custom backward recomputes dW instead of storing it.
+            plan, core, factors, lambdas, placement, scale = self._adapter_operands(active[0], x)
+            result = merged_linear(plan, x, base.weight, base.bias, core, factors, lambdas, placement, scale)
+            return result.to(previous_dtype)
+
+        result = self.base_layer(x, *args, **kwargs)
+        for name in active:
+            plan, core, factors, lambdas, placement, scale = self._adapter_operands(name, x)
+            if paths[name] == FACTORISED:
+                result = result + factorised_delta(plan, x, core, factors, lambdas, placement, scale)
+            else:  # several adapters at once: add each update separately (autograd keeps its dW)
+                result = result + nn.functional.linear(
+                    x, delta_weight(plan, core, factors, lambdas, placement, scale)
+                )
+        return result.to(previous_dtype)
+
+    def __repr__(self) -> str:
+        return "tera." + super().__repr__()

@@ -1,0 +1,143 @@
+"""How a ``d_out x d_in`` weight update is folded into a higher-order tensor.
+
+TeRA views ``dW`` as a tensor with output modes ``(o_1..o_P)`` followed by input modes ``(i_1..i_Q)`` (row-major, so
+``reshape(d_out, d_in)`` gives the matrix back).  Every layer with the same :class:`TensorPlan` shares one set of
+frozen factors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+
+class TensorisationError(ValueError):
+    """A weight dimension cannot be split into the requested tensor shape."""
+
+
+def balanced_split(dim: int, order: int) -> tuple[int, ...]:
+    """Split ``dim`` into ``order`` integer factors (all > 1) that are as close to each other as possible.
+
+    The factors are returned in ascending order, e.g. ``balanced_split(4096, 2) == (64, 64)`` and
+    ``balanced_split(11008, 2) == (86, 128)``.  Raises :class:`TensorisationError` when no such split exists.
+    """
+    if order < 1:
+        raise TensorisationError(f"tensor_order must be at least 1, got {order}.")
+    if order == 1:
+        return (dim,)
+    best: Optional[tuple[int, ...]] = None
+    # Choose the smallest factor first, no larger than the order-th root, and recurse on the rest; the split whose
+    # largest factor is smallest is the most balanced one.
+    for first in range(2, int(round(dim ** (1.0 / order))) + 1):
+        if dim % first:
+            continue
+        try:
+            rest = balanced_split(dim // first, order - 1)
+        except TensorisationError:
+            continue
+        if rest[0] < first:
+            continue
+        candidate = (first, *rest)
+        # Most balanced: the smallest largest factor, then the largest smallest factor.
+        if best is None or (max(candidate), -min(candidate)) < (max(best), -min(best)):
+            best = candidate
+    if best is None:
+        raise TensorisationError(
+            f"Dimension {dim} cannot be split into {order} factors larger than 1; set tensor_order=1 or give an explicit "
+            f"tensor_shape for this weight shape."
+        )
+    return best
+
+
+def shape_key(d_out: int, d_in: int) -> str:
+    """The key that ``TeraConfig.tensor_shape`` uses for a weight shape, e.g. ``"4096x11008"`` (d_out x d_in)."""
+    return f"{d_out}x{d_in}"
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """Mode sizes and core ranks of one tensorised weight shape."""
+
+    out_modes: tuple[int, ...]
+    in_modes: tuple[int, ...]
+    ranks: tuple[int, ...]  # one per mode, outputs first
+
+    @property
+    def modes(self) -> tuple[int, ...]:
+        return self.out_modes + self.in_modes
+
+    @property
+    def d_out(self) -> int:
+        return math.prod(self.out_modes)
+
+    @property
+    def d_in(self) -> int:
+        return math.prod(self.in_modes)
+
+    @property
+    def num_out_modes(self) -> int:
+        return len(self.out_modes)
+
+    @property
+    def out_ranks(self) -> tuple[int, ...]:
+        return self.ranks[: self.num_out_modes]
+
+    @property
+    def in_ranks(self) -> tuple[int, ...]:
+        return self.ranks[self.num_out_modes :]
+
+    @property
+    def key(self) -> str:
+        """A name usable as a buffer key (no dots): modes and ranks, e.g. ``o64x64_i64x64_r64x64x64x64``."""
+        join = "x".join
+        return f"o{join(map(str, self.out_modes))}_i{join(map(str, self.in_modes))}_r{join(map(str, self.ranks))}"
+
+    def rank_bound(self, lambda_sizes: Optional[Sequence[int]] = None) -> int:
+        """Upper bound on ``rank(dW)``: ``min(prod R_out, prod R_in)``.
+
+        Each factor ``A_n L_n`` has rank at most ``min(I_n, R_n)``; ``lambda_sizes`` (the number of non-zero entries of
+        each diagonal, when known) can lower it further.
+        """
+        per_mode = [min(i, r) for i, r in zip(self.modes, self.ranks)]
+        if lambda_sizes is not None:
+            per_mode = [min(p, k) for p, k in zip(per_mode, lambda_sizes)]
+        p = self.num_out_modes
+        return min(math.prod(per_mode[:p]), math.prod(per_mode[p:]))
+
+
+def _core_ranks(modes: Sequence[int], core_rank_ratio: float) -> tuple[int, ...]:
+    if not 0.0 < core_rank_ratio <= 1.0:
+        raise ValueError(f"core_rank_ratio must lie in (0, 1], got {core_rank_ratio}.")
+    return tuple(max(1, int(round(size * core_rank_ratio))) for size in modes)
+
+
+def plan_for_weight(
+    d_out: int,
+    d_in: int,
+    tensor_order: int = 2,
+    tensor_shape: Optional[Mapping[str, Sequence[Sequence[int]]]] = None,
+    core_rank_ratio: float = 1.0,
+) -> TensorPlan:
+    """Resolve the tensor plan of a ``d_out x d_in`` weight from the config fields.
+
+    ``tensor_shape`` maps :func:`shape_key` strings to ``[[o_1, ..], [i_1, ..]]``; shapes not listed are split
+    automatically into ``tensor_order`` balanced factors per side.
+    """
+    key = shape_key(d_out, d_in)
+    explicit = (tensor_shape or {}).get(key)
+    if explicit is not None:
+        if len(explicit) != 2:
+            raise TensorisationError(
+                f"tensor_shape[{key!r}] must be two lists [[output factors], [input factors]], got {explicit!r}."
+            )
+        out_modes, in_modes = tuple(int(v) for v in explicit[0]), tuple(int(v) for v in explicit[1])
+        if math.prod(out_modes) != d_out or math.prod(in_modes) != d_in or min(out_modes + in_modes) < 1:
+            raise TensorisationError(
+                f"tensor_shape[{key!r}] = {explicit!r} does not multiply out to {d_out} x {d_in}; give factors whose "
+                f"products are {d_out} (outputs) and {d_in} (inputs)."
+            )
+    else:
+        out_modes, in_modes = balanced_split(d_out, tensor_order), balanced_split(d_in, tensor_order)
+    modes = out_modes + in_modes
+    return TensorPlan(out_modes=out_modes, in_modes=in_modes, ranks=_core_ranks(modes, core_rank_ratio))
