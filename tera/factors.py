@@ -29,17 +29,33 @@ def _seed(prng_key: int, plan: TensorPlan) -> int:
     return (int(prng_key) * 1_000_003 + zlib.crc32(plan.key.encode())) % (2**63)
 
 
+def _orthonormal_columns(gaussian: torch.Tensor) -> torch.Tensor:
+    """Q of the QR decomposition of a tall Gaussian matrix, with signs fixed by diag(R) so Q is unique.
+
+    Done in float64 and rounded to float32, so different LAPACK builds agree to the last bit in practice.
+    """
+    q, r = torch.linalg.qr(gaussian.to(torch.float64), mode="reduced")
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return (q * signs).to(torch.float32)
+
+
 def generate_factors(plan: TensorPlan, prng_key: int) -> SharedFactors:
     """Draw the core and factor matrices of ``plan`` in float32 on the CPU.
 
-    Scaling: core entries ~ N(0, 1/d_in) and factor entries ~ N(0, 1/R_n), so every entry of ``dW`` has variance
-    ``1/d_in`` when all scaling vectors are one (Kaiming-like with gain 1), whatever the shape, ranks or order: a
+    The core is Gaussian with entries ~ N(0, 1/d_in).  Each factor ``A_n`` (``I_n x R_n``, ``R_n <= I_n``) has
+    orthonormal columns scaled by ``sqrt(I_n / R_n)``: entries still have variance ``1/R_n`` as a Gaussian factor
+    would, but a Kronecker product of such factors is perfectly conditioned, so the spectrum of ``dW`` is that of the
+    core and the trained diagonals, not shrunk by ill-conditioned random factors (products of Gaussian square
+    matrices have tiny singular values and would lower the numerical rank).  Every entry of ``dW`` then has variance
+    ``1/d_in`` when all diagonals are one (Kaiming-like with gain 1), whatever the shape, ranks or order, so a
     learning rate found on one shape carries over to another.
     """
     generator = torch.Generator(device="cpu").manual_seed(_seed(prng_key, plan))
     core = torch.randn(plan.ranks, generator=generator) / math.sqrt(plan.d_in)
     factors = [
-        torch.randn((size, rank), generator=generator) / math.sqrt(rank) for size, rank in zip(plan.modes, plan.ranks)
+        _orthonormal_columns(torch.randn((size, rank), generator=generator)) * math.sqrt(size / rank)
+        for size, rank in zip(plan.modes, plan.ranks)
     ]
     return SharedFactors(core=core, factors=factors)
 

@@ -83,7 +83,8 @@ class TeraLayer(BaseTunerLayer):
                 start = sum(sizes[: config.zero_init_mode])
                 lam[start : start + sizes[config.zero_init_mode]] = 0.0  # dW = 0: start from the pretrained model
             else:
-                lam.copy_(config.init_lambda * (1.0 + 0.5 * torch.randn_like(lam)))
+                # Random diagonals bounded away from zero, so dW reaches its rank bound.
+                lam.copy_(config.init_lambda * torch.empty_like(lam).uniform_(0.5, 1.5))
 
     def lambdas(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
         """The diagonals of ``adapter_name``, one view per mode."""

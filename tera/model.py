@@ -36,16 +36,18 @@ class TeraModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
 
     def _pre_injection_hook(self, model: nn.Module, config: TeraConfig, adapter_name: str) -> None:
-        if not hasattr(self, SHARED_ATTR):
-            self.tera_shared = BufferDict({}, persistent=config.save_projection)
-            return
+        self.tera_shared = BufferDict({}, persistent=config.save_projection)
+
+    def _check_new_adapter_config(self, config: TeraConfig) -> None:
+        super()._check_new_adapter_config(config)
+        new_name = next(name for name, conf in self.peft_config.items() if conf is config)
         for name, other in self.peft_config.items():
             if other is config:
                 continue
             for field in ("projection_prng_key", "save_projection"):
                 if getattr(other, field) != getattr(config, field):
                     raise ValueError(
-                        f"TeRA adapter {adapter_name!r} has {field}={getattr(config, field)!r} but adapter {name!r} "
+                        f"TeRA adapter {new_name!r} has {field}={getattr(config, field)!r} but adapter {name!r} "
                         f"already set the shared frozen factors with {field}={getattr(other, field)!r}; all TeRA "
                         f"adapters on one model share these factors, so give them the same {field}."
                     )

@@ -1,0 +1,84 @@
+"""Rank and parameter accounting: measured rank of dW against the theoretical bound, for TeRA and PEFT methods."""
+
+import pytest
+import torch
+from peft import LoraConfig, VeraConfig, get_peft_model
+from torch import nn
+
+from tera import TeraConfig, adapter_report
+from tera.analysis import numerical_rank
+
+from .toy_models import TOY_TARGETS, ToyMLP
+
+
+class Wide(nn.Module):
+    """48x48 and 72x48 weights: large enough for rank bounds below full rank to show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(48, 48)
+        self.b = nn.Linear(48, 72)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, bounds",
+    [
+        (dict(), {"a": 48, "b": 48}),  # full core: full rank
+        (dict(core_rank_ratio=0.5), {"a": 12, "b": 12}),  # 48 = 6x8 -> ranks 3x4 = 12 per side; 72 = 8x9 -> 4x4(.5)
+        (dict(tensor_order=3, core_rank_ratio=0.5), {"a": 6, "b": 6}),  # 48 = 3x4x4 -> 2x2x2 = 8; 72 = 3x4x6
+        (dict(diagonal_placement="mode", core_rank_ratio=0.5), {"a": 12, "b": 12}),
+    ],
+)
+def test_measured_rank_equals_bound_with_random_nonzero_lambdas(kwargs, bounds):
+    model = get_peft_model(Wide(), TeraConfig(target_modules=["a", "b"], init_weights=False, **kwargs))
+    reports = {r.name: r for r in adapter_report(model)}
+    for name, report in reports.items():
+        assert report.rank == report.rank_bound, report
+    assert {n: r.rank_bound for n, r in reports.items()} == _expected_bounds(model)
+    assert all(r.rank_bound <= bounds[n] * 4 for n, r in reports.items())
+
+
+def _expected_bounds(model):
+    """min(prod R_out, prod R_in) straight from each layer's plan."""
+    import math
+
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "tera_plan"):
+            plan = module.tera_plan["default"]
+            out[name.split(".")[-1]] = min(math.prod(plan.out_ranks), math.prod(plan.in_ranks))
+    return out
+
+
+def test_rank_is_zero_at_initialisation_and_report_counts_trainables():
+    model = get_peft_model(ToyMLP(), TeraConfig(target_modules=TOY_TARGETS))
+    reports = adapter_report(model)
+    assert [r.rank for r in reports] == [0, 0, 0]
+    assert sum(r.trainable for r in reports) == model.get_nb_trainable_parameters()[0]
+    assert {r.method for r in reports} == {"tera"}
+
+
+def test_report_works_for_lora_and_vera():
+    lora = get_peft_model(Wide(), LoraConfig(target_modules=["a", "b"], r=5, init_lora_weights=False))
+    for report in adapter_report(lora):
+        assert (report.method, report.rank_bound, report.rank) == ("lora", 5, 5)
+        assert report.trainable == 5 * (report.d_in + report.d_out)
+    vera = get_peft_model(Wide(), VeraConfig(target_modules=["a", "b"], r=7, init_weights=False))
+    for report in adapter_report(vera):
+        assert (report.method, report.rank_bound, report.rank) == ("vera", 7, 7)
+        assert report.trainable == 7 + report.d_out
+
+
+def test_numerical_rank_tolerance():
+    u, v = torch.randn(30, 4), torch.randn(4, 20)
+    rank, tol = numerical_rank(u @ v)
+    assert rank == 4 and 0 < tol < 1e-3
+    assert numerical_rank(torch.zeros(5, 5)) == (0, 0.0)
+
+
+def test_skip_rank_measurement():
+    model = get_peft_model(ToyMLP(), TeraConfig(target_modules=TOY_TARGETS))
+    assert all(r.rank is None for r in adapter_report(model, measure_rank=False))
