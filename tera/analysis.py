@@ -7,8 +7,8 @@ bound ``min(d_out, d_in)``.  Other packages (e.g. ``baselines``) add their bound
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -78,14 +78,14 @@ class LayerReport:
     d_in: int
     trainable: int
     rank_bound: int
-    rank: Optional[int]  # None when not measured
-    tolerance: Optional[float]
+    rank: int | None  # None when not measured
+    tolerance: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def adapter_report(model: nn.Module, adapter_name: Optional[str] = None, measure_rank: bool = True) -> list[LayerReport]:
+def adapter_report(model: nn.Module, adapter_name: str | None = None, measure_rank: bool = True) -> list[LayerReport]:
     """One :class:`LayerReport` per adapted layer of ``model`` (a ``PeftModel`` or a model with injected layers).
 
     ``adapter_name`` defaults to the first active adapter.  ``measure_rank=False`` skips the SVDs (slow on CPU for

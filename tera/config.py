@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -68,14 +67,14 @@ class TeraConfig(PeftConfig):
             Name of the ``nn.ModuleList`` holding the layers, e.g. ``"layers"`` or ``"h"``.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "nn.Linear module names or a regex to adapt with TeRA."}
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names or a regex to exclude from TeRA."}
     )
     tensor_order: int = field(default=2, metadata={"help": "Balanced factors per side of each weight."})
-    tensor_shape: Optional[dict[str, list[list[int]]]] = field(
+    tensor_shape: dict[str, list[list[int]]] | None = field(
         default=None, metadata={"help": "Explicit split per weight shape, keyed '<d_out>x<d_in>'."}
     )
     core_rank_ratio: float = field(default=1.0, metadata={"help": "Core rank per mode as a fraction of its size."})
@@ -90,13 +89,11 @@ class TeraConfig(PeftConfig):
         default_factory=dict, metadata={"help": "Digest per tensor plan of the regenerated shared factors."}
     )
     forward_path: str = field(default="auto", metadata={"help": "'auto', 'factorised' or 'merged'."})
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules besides TeRA layers to train and save."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
-        default=None, metadata={"help": "Layer indices to adapt."}
-    )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Layer indices to adapt."})
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the layer ModuleList, used with layers_to_transform."}
     )
 

@@ -13,7 +13,7 @@ Notation: ``dW = scale * G x_1 U_1 ... x_N U_N`` reshaped to ``d_out x d_in`` wi
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,9 @@ RANK_SIDE = "rank"
 MODE_SIDE = "mode"
 
 
-def scaled_factors(factors: Sequence[torch.Tensor], lambdas: Sequence[torch.Tensor], placement: str) -> list[torch.Tensor]:
+def scaled_factors(
+    factors: Sequence[torch.Tensor], lambdas: Sequence[torch.Tensor], placement: str
+) -> list[torch.Tensor]:
     """``U_n = A_n diag(lambda_n)`` (rank side) or ``diag(lambda_n) A_n`` (mode side), in the factors' dtype."""
     if placement == RANK_SIDE:
         return [a * lam.to(a.dtype)[None, :] for a, lam in zip(factors, lambdas)]
@@ -129,7 +131,7 @@ class _MergedLinear(torch.autograd.Function):
             merged = weight + delta.detach().to(weight.dtype)
             grad_x = (g2 @ merged.to(g2.dtype)).reshape(x.shape).to(x.dtype)
             del merged
-        grad_lambdas: list[Optional[torch.Tensor]] = [None] * len(lambdas)
+        grad_lambdas: list[torch.Tensor | None] = [None] * len(lambdas)
         if needs[1] or any(lambda_needs):
             grad_merged = g2.t() @ x2  # dL/d(W + dW): the one extra matmul a full core costs
             if needs[1]:
@@ -147,7 +149,7 @@ def merged_linear(
     plan: TensorPlan,
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     core: torch.Tensor,
     factors: Sequence[torch.Tensor],
     lambdas: Sequence[torch.Tensor],

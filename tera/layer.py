@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -144,7 +144,7 @@ class Linear(nn.Module, TeraLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, shared, plan, config)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
         if not adapter_names:
             return
@@ -164,7 +164,7 @@ class Linear(nn.Module, TeraLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         while self.merged_adapters:
@@ -176,7 +176,12 @@ class Linear(nn.Module, TeraLayer):
         """Plan, core and factors (in x's dtype), diagonals, placement and scale of one adapter."""
         core, factors = self.shared_factors(name, x.dtype, x.device)
         return (
-            self.tera_plan[name], core, factors, self.lambdas(name), self.tera_placement[name], self.tera_scaling[name]
+            self.tera_plan[name],
+            core,
+            factors,
+            self.lambdas(name),
+            self.tera_placement[name],
+            self.tera_scaling[name],
         )
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -206,9 +211,7 @@ class Linear(nn.Module, TeraLayer):
             if paths[name] == FACTORISED:
                 result = result + factorised_delta(plan, x, core, factors, lambdas, placement, scale)
             else:  # several adapters at once: add each update separately (autograd keeps its dW)
-                result = result + nn.functional.linear(
-                    x, delta_weight(plan, core, factors, lambdas, placement, scale)
-                )
+                result = result + nn.functional.linear(x, delta_weight(plan, core, factors, lambdas, placement, scale))
         return result.to(previous_dtype)
 
     def __repr__(self) -> str:

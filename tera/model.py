@@ -131,6 +131,9 @@ class TeraModel(BaseTuner):
                 "incomplete, save it again."
             )
         if not config.save_projection and has_factors:
-            warnings.warn("The adapter file holds shared TeRA factors although save_projection=False; ignoring them.")
+            warnings.warn(
+                "The adapter file holds shared TeRA factors although save_projection=False; ignoring them.",
+                stacklevel=2,
+            )
             remapped = {k: v for k, v in remapped.items() if f".{SHARED_ATTR}." not in k}
         return remapped

@@ -8,8 +8,8 @@ frozen factors.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 
 class TensorisationError(ValueError):
@@ -26,7 +26,7 @@ def balanced_split(dim: int, order: int) -> tuple[int, ...]:
         raise TensorisationError(f"tensor_order must be at least 1, got {order}.")
     if order == 1:
         return (dim,)
-    best: Optional[tuple[int, ...]] = None
+    best: tuple[int, ...] | None = None
     # Choose the smallest factor first, no larger than the order-th root, and recurse on the rest; the split whose
     # largest factor is smallest is the most balanced one.
     for first in range(2, int(round(dim ** (1.0 / order))) + 1):
@@ -44,8 +44,8 @@ def balanced_split(dim: int, order: int) -> tuple[int, ...]:
             best = candidate
     if best is None:
         raise TensorisationError(
-            f"Dimension {dim} cannot be split into {order} factors larger than 1; set tensor_order=1 or give an explicit "
-            f"tensor_shape for this weight shape."
+            f"Dimension {dim} cannot be split into {order} factors larger than 1; set tensor_order=1 or give an "
+            f"explicit tensor_shape for this weight shape."
         )
     return best
 
@@ -93,7 +93,7 @@ class TensorPlan:
         join = "x".join
         return f"o{join(map(str, self.out_modes))}_i{join(map(str, self.in_modes))}_r{join(map(str, self.ranks))}"
 
-    def rank_bound(self, lambda_sizes: Optional[Sequence[int]] = None) -> int:
+    def rank_bound(self, lambda_sizes: Sequence[int] | None = None) -> int:
         """Upper bound on ``rank(dW)``: ``min(prod R_out, prod R_in)``.
 
         Each factor ``A_n L_n`` has rank at most ``min(I_n, R_n)``; ``lambda_sizes`` (the number of non-zero entries of
@@ -116,7 +116,7 @@ def plan_for_weight(
     d_out: int,
     d_in: int,
     tensor_order: int = 2,
-    tensor_shape: Optional[Mapping[str, Sequence[Sequence[int]]]] = None,
+    tensor_shape: Mapping[str, Sequence[Sequence[int]]] | None = None,
     core_rank_ratio: float = 1.0,
 ) -> TensorPlan:
     """Resolve the tensor plan of a ``d_out x d_in`` weight from the config fields.

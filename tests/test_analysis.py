@@ -1,5 +1,7 @@
 """Rank and parameter accounting: measured rank of dW against the theoretical bound, for TeRA and PEFT methods."""
 
+import math
+
 import pytest
 import torch
 from peft import LoraConfig, VeraConfig, get_peft_model
@@ -27,24 +29,20 @@ class Wide(nn.Module):
     "kwargs, bounds",
     [
         (dict(), {"a": 48, "b": 48}),  # full core: full rank
-        (dict(core_rank_ratio=0.5), {"a": 12, "b": 12}),  # 48 = 6x8 -> ranks 3x4 = 12 per side; 72 = 8x9 -> 4x4(.5)
-        (dict(tensor_order=3, core_rank_ratio=0.5), {"a": 6, "b": 6}),  # 48 = 3x4x4 -> 2x2x2 = 8; 72 = 3x4x6
+        (dict(core_rank_ratio=0.5), {"a": 12, "b": 12}),  # 48 = 6x8 -> ranks 3x4; 72 = 8x9 -> 4x4 (16) vs 12
+        (dict(tensor_order=3, core_rank_ratio=0.5), {"a": 8, "b": 8}),  # 48 = 3x4x4 -> 2x2x2; 72 = 3x4x6 -> 2x2x3
         (dict(diagonal_placement="mode", core_rank_ratio=0.5), {"a": 12, "b": 12}),
     ],
 )
 def test_measured_rank_equals_bound_with_random_nonzero_lambdas(kwargs, bounds):
     model = get_peft_model(Wide(), TeraConfig(target_modules=["a", "b"], init_weights=False, **kwargs))
     reports = {r.name: r for r in adapter_report(model)}
-    for name, report in reports.items():
-        assert report.rank == report.rank_bound, report
-    assert {n: r.rank_bound for n, r in reports.items()} == _expected_bounds(model)
-    assert all(r.rank_bound <= bounds[n] * 4 for n, r in reports.items())
+    assert {n: r.rank_bound for n, r in reports.items()} == bounds == _expected_bounds(model)
+    assert {n: r.rank for n, r in reports.items()} == bounds
 
 
 def _expected_bounds(model):
     """min(prod R_out, prod R_in) straight from each layer's plan."""
-    import math
-
     out = {}
     for name, module in model.named_modules():
         if hasattr(module, "tera_plan"):

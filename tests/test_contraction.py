@@ -75,10 +75,12 @@ def test_merged_path_weight_and_bias_gradients():
     bias = torch.randn(plan.d_out, dtype=torch.float64, requires_grad=True)
     x = torch.randn(4, plan.d_in, dtype=torch.float64)
     upstream = torch.randn(4, plan.d_out, dtype=torch.float64)
-    got = torch.autograd.grad(merged_linear(plan, x, weight, bias, core, factors, lambdas, "rank", 1.0), [weight, bias],
-                              upstream)
-    want = torch.autograd.grad(reference_linear(x, weight, bias, plan, core, factors, lambdas, "rank", 1.0),
-                               [weight, bias], upstream)
+    got = torch.autograd.grad(
+        merged_linear(plan, x, weight, bias, core, factors, lambdas, "rank", 1.0), [weight, bias], upstream
+    )
+    want = torch.autograd.grad(
+        reference_linear(x, weight, bias, plan, core, factors, lambdas, "rank", 1.0), [weight, bias], upstream
+    )
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 

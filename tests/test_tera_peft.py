@@ -38,7 +38,9 @@ def test_output_unchanged_at_initialisation(placement, path):
     torch.manual_seed(0)
     base = ToyMLP()
     expected = base(X)
-    model = get_peft_model(base, TeraConfig(target_modules=TOY_TARGETS, diagonal_placement=placement, forward_path=path))
+    model = get_peft_model(
+        base, TeraConfig(target_modules=TOY_TARGETS, diagonal_placement=placement, forward_path=path)
+    )
     torch.testing.assert_close(model(X), expected)
 
 
@@ -156,8 +158,11 @@ def test_get_delta_weight_on_every_layer_and_print_trainable(capsys):
 def test_parameter_count_formula():
     for placement, per_layer in (("rank", {"q": 16, "up": 18, "down": 18}), ("mode", {"q": 16, "up": 18, "down": 18})):
         _, model = _peft(diagonal_placement=placement)
-        got = {n.split(".")[-1]: m.tera_lambda["default"].numel() for n, m in model.named_modules()
-               if isinstance(m, TeraLayer)}
+        got = {
+            n.split(".")[-1]: m.tera_lambda["default"].numel()
+            for n, m in model.named_modules()
+            if isinstance(m, TeraLayer)
+        }
         assert got == per_layer
     _, shrunk = _peft(core_rank_ratio=0.5)
     trainable, _ = shrunk.get_nb_trainable_parameters()
@@ -198,8 +203,9 @@ def test_tiny_llama_with_attention_and_mlp_shapes_round_trips(tmp_path):
 
 def test_tiny_roberta_query_beside_intermediate():
     torch.manual_seed(0)
-    model = get_peft_model(tiny_roberta(), TeraConfig(target_modules=["query", "intermediate.dense"],
-                                                     modules_to_save=["classifier"]))
+    model = get_peft_model(
+        tiny_roberta(), TeraConfig(target_modules=["query", "intermediate.dense"], modules_to_save=["classifier"])
+    )
     shapes = {m.get_base_layer().weight.shape for m in model.modules() if isinstance(m, TeraLayer)}
     assert shapes == {torch.Size([24, 24]), torch.Size([36, 24])}
     out = model(input_ids=torch.randint(0, 64, (2, 8)), labels=torch.tensor([0, 1]))

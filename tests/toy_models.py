@@ -28,8 +28,13 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=32,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
     )
     return LlamaForCausalLM(config)
 
@@ -38,7 +43,12 @@ def tiny_roberta():
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     config = RobertaConfig(
-        vocab_size=64, hidden_size=24, intermediate_size=36, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=40, num_labels=2,
+        vocab_size=64,
+        hidden_size=24,
+        intermediate_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=40,
+        num_labels=2,
     )
     return RobertaForSequenceClassification(config)
