@@ -255,3 +255,54 @@ def test_error_bad_config_values():
         TeraConfig(target_modules=["q"], core_rank_ratio=0.0)
     with pytest.raises(ValueError, match="forward_path must be one of"):
         TeraConfig(target_modules=["q"], forward_path="fast")
+
+
+def test_delete_adapter_and_inference_mode_load(tmp_path):
+    _, model = _peft()
+    _train(model, X)
+    model.add_adapter("other", TeraConfig(target_modules=TOY_TARGETS))
+    model.delete_adapter("other")
+    assert all(set(m.tera_lambda) == {"default"} for m in model.modules() if isinstance(m, TeraLayer))
+    with torch.no_grad():
+        expected = model(X)
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    loaded = PeftModel.from_pretrained(ToyMLP(), tmp_path)  # is_trainable=False: nothing trains
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), expected)
+
+
+class Llama7bLayerShapes(torch.nn.Module):
+    """q_proj, up_proj and down_proj at their real LLaMA-2-7B sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(4096, 4096, bias=False)
+        self.up_proj = torch.nn.Linear(4096, 11008, bias=False)
+        self.down_proj = torch.nn.Linear(11008, 4096, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(self.up_proj(self.q_proj(x)))
+
+
+def test_real_llama_7b_layer_shapes():
+    with torch.device("meta"):
+        shell = Llama7bLayerShapes()
+    model = shell.to_empty(device="cpu")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.01)
+    model = get_peft_model(model, TeraConfig(target_modules=["q_proj", "up_proj", "down_proj"], init_weights=False))
+    plans = {n.split(".")[-1]: m.tera_plan["default"] for n, m in model.named_modules() if isinstance(m, TeraLayer)}
+    assert plans["q_proj"].modes == (64, 64, 64, 64)
+    assert plans["up_proj"].modes == (86, 128, 64, 64) and plans["down_proj"].modes == (64, 64, 86, 128)
+    assert model.get_nb_trainable_parameters()[0] == 256 + 342 + 342
+    x = torch.randn(1, 2, 4096)
+    out = model(x)  # two tokens: the factorised path
+    assert out.shape == (1, 2, 4096) and torch.isfinite(out).all()
+    delta = model.base_model.model.up_proj.get_delta_weight("default")
+    assert delta.shape == (11008, 4096)
+    with torch.no_grad():
+        expected = x[0] @ model.base_model.model.q_proj.get_base_layer().weight.t()
+        expected = expected + x[0] @ model.base_model.model.q_proj.get_delta_weight("default").t()
+        torch.testing.assert_close(model.base_model.model.q_proj(x[0]), expected, rtol=1e-4, atol=1e-4)
