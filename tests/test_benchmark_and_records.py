@@ -46,3 +46,12 @@ def test_write_json_atomic_leaves_no_temporary_files(tmp_path):
         write_json_atomic(tmp_path / "sub" / "record.json", circular)  # fails mid-write: old record untouched
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in path.parent.iterdir()] == ["record.json"]
+
+
+def test_run_all_writes_record_and_table(tmp_path):
+    record = tera_step.run_all("tiny", ["lora-r32", "tera-full-auto"], tmp_path)
+    assert [r["method"] for r in record["rows"]] == ["lora-r32", "tera-full-auto"]
+    assert all("error" not in r for r in record["rows"]), record["rows"]
+    saved = json.loads((tmp_path / "tera_step-tiny.json").read_text())
+    assert saved["rows"][1]["step_ms"] > 0
+    assert "| tera-full-auto |" in (tmp_path / "tera_step-tiny.md").read_text()
