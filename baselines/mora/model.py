@@ -1,0 +1,48 @@
+"""The MoRA tuner: injects MoRA layers into the targeted nn.Linear modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+
+from .config import MoraConfig
+from .layer import Linear, MoraLayer
+
+
+class MoraModel(BaseTuner):
+    """Adds MoRA adapters to a model.  Use through ``peft.get_peft_model(model, MoraConfig(...))``.
+
+    MoRA has no state shared between layers: each adapted layer owns its ``r_hat x r_hat`` matrix per adapter.
+    """
+
+    prefix: str = "mora_"
+    tuner_layer_cls = MoraLayer
+    # MoRA replaces LoRA at the same places, so it inherits LoRA's default targets per architecture.
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    def _create_and_replace(
+        self,
+        mora_config: MoraConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, nn.Linear):
+            raise TypeError(
+                f"MoRA target module {current_key!r} is a {type(base).__name__}, not an nn.Linear; remove it from "
+                f"target_modules (MoRA adapts nn.Linear layers only)."
+            )
+        if isinstance(target, Linear):
+            target.update_layer(adapter_name, mora_config)
+            return
+        new_module = Linear(target, adapter_name, mora_config)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # a further adapter is not trainable until it is made active
+        self._replace_module(parent, target_name, new_module, target)

@@ -1,0 +1,144 @@
+"""One experiment: load task and model, adapt with a method, train, evaluate, record."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from baselines import apply_method
+from tera import adapter_report
+
+from .models import load_classifier
+from .records import environment, write_json_atomic
+from .tasks import load_task
+from .tracking import Tracker
+from .training import evaluate, train
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB on Linux)
+
+
+def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    """Run the experiment ``cfg`` describes; returns the record and where it was written."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    task, method, model_cfg, train_cfg = cfg.task, cfg.method, cfg.model, cfg.train
+    regression = task.num_labels == 1
+
+    data = load_task(task, seed=cfg.seed)
+    limit = train_cfg.max_eval_examples
+    validation = data.validation[:limit] if limit else data.validation
+    test = data.test[:limit] if limit else data.test
+    model, tokenizer = load_classifier(model_cfg, task.num_labels, seed=cfg.seed)
+    total_params = sum(p.numel() for p in model.parameters())
+    targets = list(method.target_modules or model_cfg.target_modules)
+    heads = list(model_cfg.head_modules)
+    peft_kwargs = OmegaConf.to_container(method.peft, resolve=True) if method.get("peft") else {}
+    model = apply_method(model, method.name, targets, modules_to_save=heads, **peft_kwargs).to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(cfg.logger, cfg.run_name, config)
+    eval_kwargs = dict(
+        metrics=list(task.metrics),
+        max_length=train_cfg.max_length,
+        batch_size=train_cfg.eval_batch_size,
+        regression=regression,
+        device=device,
+    )
+
+    def on_eval(step: int) -> dict[str, Any]:
+        values = evaluate(model, tokenizer, validation, desc="validation", **eval_kwargs)
+        tracker.log({f"validation/{k}": v for k, v in values.items()}, step=step)
+        return {"validation": values}
+
+    steps = train_cfg.max_steps
+    if train_cfg.epochs:
+        steps = max(1, int(train_cfg.epochs * len(data.train) / train_cfg.batch_size))
+    result = train(
+        model,
+        tokenizer,
+        data.train,
+        lr=method.lr,
+        head_lr=None if method.name == "full" else train_cfg.head_lr,
+        head_modules=heads,
+        steps=steps,
+        batch_size=train_cfg.batch_size,
+        max_length=train_cfg.max_length,
+        regression=regression,
+        device=device,
+        seed=cfg.seed,
+        warmup_ratio=train_cfg.warmup_ratio,
+        weight_decay=train_cfg.weight_decay,
+        eval_every=train_cfg.eval_every,
+        evaluate_fn=on_eval,
+    )
+    for step, loss in enumerate(result.losses, 1):
+        if step % 10 == 0 or step == len(result.losses):
+            tracker.log({"train/loss": loss}, step=step)
+
+    eval_start = time.perf_counter()
+    final_validation = evaluate(model, tokenizer, validation, desc="validation", **eval_kwargs)
+    final_test = (
+        final_validation if test is validation else evaluate(model, tokenizer, test, desc="test", **eval_kwargs)
+    )
+    eval_seconds = time.perf_counter() - eval_start
+    evaluations = [*result.evaluations, {"step": steps, "validation": final_validation, "test": final_test}]
+    tracker.log(
+        {
+            **{f"validation/{k}": v for k, v in final_validation.items()},
+            **{f"test/{k}": v for k, v in final_test.items()},
+        },
+        step=steps,
+    )
+
+    layers = [r.as_dict() for r in adapter_report(model)] if method.name != "full" else []
+    ranks = [layer["rank"] for layer in layers]
+    record = {
+        "run_name": cfg.run_name,
+        "method": method.name,
+        "task": f"{task.suite}/{task.name}",
+        "model": model_cfg.name,
+        "seed": cfg.seed,
+        "config": config,
+        "environment": environment(device),
+        "data_sizes": {"train": len(data.train), "validation": len(validation), "test": len(test)},
+        "test_is_validation": test is validation,
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "layers": layers,
+        "median_rank": statistics.median(ranks) if ranks else None,
+        "steps": steps,
+        "evaluations": evaluations,
+        "final_metrics": {
+            **{f"validation_{k}": v for k, v in final_validation.items()},
+            **{f"test_{k}": v for k, v in final_test.items()},
+        },
+        "loss_first": result.losses[0],
+        "loss_last_20": statistics.fmean(result.losses[-20:]),
+        "train_seconds": result.train_seconds,
+        "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_memory_gib": peak_memory_gib(device),
+        "complete": True,
+    }
+    path = write_json_atomic(Path(cfg.output_dir) / f"{cfg.run_name}.json", record)
+    tracker.log_record(record)
+    tracker.finish()
+    return record, path

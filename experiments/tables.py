@@ -1,0 +1,114 @@
+"""Render a results table (Markdown and CSV) from run records: mean and std over seeds, parameters, median rank.
+
+python -m experiments.tables results/runs/sentiment-minilm --out results/sentiment_minilm --title "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("complete"):
+            records.append(record)
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise_groups(records: Iterable[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One row per (model, task, method): mean/std of ``metric`` over seeds and the cost columns."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["model"], record["task"], record["method"])].append(record)
+    rows = []
+    for (model, task, method), runs in sorted(groups.items()):
+        values = [r["final_metrics"][metric] for r in runs]
+        mean, std = _mean_std(values)
+        ranks = [r["median_rank"] for r in runs if r.get("median_rank") is not None]
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "method": method,
+                "seeds": sorted(r["seed"] for r in runs),
+                "mean": mean,
+                "std": std,
+                "trainable_params": runs[0]["trainable_params"],
+                "median_rank": statistics.median(ranks) if ranks else None,
+                "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+            }
+        )
+    return rows
+
+
+def render_markdown(rows: list[dict[str, Any]], metric: str, title: str, provenance: str) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        provenance,
+        "",
+        f"| model | task | method | {metric} (mean ± std) | seeds | trainable params | median rank of dW | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        rank = "full FT" if row["median_rank"] is None else f"{row['median_rank']:g}"
+        lines.append(
+            f"| {row['model']} | {row['task']} | {row['method']} | {100 * row['mean']:.2f} ± {100 * row['std']:.2f} | "
+            f"{len(row['seeds'])} | {row['trainable_params']:,} | {rank} | {row['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def provenance(records: list[dict[str, Any]]) -> str:
+    envs = {
+        (r["environment"]["device"], r["environment"]["versions"]["torch"], r["environment"]["versions"]["peft"])
+        for r in records
+    }
+    dates = sorted(r["environment"]["date"][:10] for r in records)
+    where = "; ".join(f"{device}, torch {torch}, peft {peft}" for device, torch, peft in sorted(envs))
+    return f"Rendered from {len(records)} run records ({dates[0]} to {dates[-1]}): {where}."
+
+
+def write_table(folder: Path, out: Path, title: str, metric: str | None = None) -> list[dict[str, Any]]:
+    records = load_records(folder)
+    if not records:
+        raise SystemExit(f"error: no complete run records under {folder}.")
+    metric = metric or f"test_{records[0]['config']['task']['main_metric']}"
+    rows = summarise_groups(records, metric)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(render_markdown(rows, metric, title, provenance(records)))
+    with open(out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", type=Path, help="folder of run records")
+    parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.md and .csv)")
+    parser.add_argument("--title", default="Results")
+    parser.add_argument("--metric", default=None, help="record metric key, default test_<task main metric>")
+    args = parser.parse_args(argv)
+    write_table(args.records, args.out, args.title, args.metric)
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

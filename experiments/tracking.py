@@ -1,0 +1,81 @@
+"""Weights & Biases logging: offline when no API key is configured, online when it is, off with ``logger=none``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+def _mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))
+    return os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
+
+
+class Tracker:
+    """A thin wrapper so the harness never depends on whether W&B is on."""
+
+    def __init__(self, logger_cfg: Mapping[str, Any], run_name: str, config: dict) -> None:
+        self.run = None
+        if logger_cfg.get("name", "none") != "wandb":
+            return
+        import wandb
+
+        self.run = wandb.init(
+            project=logger_cfg.get("project", "tera-suite"),
+            entity=logger_cfg.get("entity"),
+            name=run_name,
+            config=config,
+            mode=_mode(logger_cfg.get("mode", "auto")),
+            dir=logger_cfg.get("dir") or None,
+            reinit="finish_previous",
+        )
+
+    def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(dict(values), step=step)
+
+    def log_record(self, record: Mapping[str, Any]) -> None:
+        """Per-layer table (trainable values, rank bound, measured rank) and a one-row summary table."""
+        if self.run is None:
+            return
+        import wandb
+
+        columns = ["layer", "d_out", "d_in", "trainable", "rank_bound", "rank"]
+        layers = wandb.Table(
+            columns=columns, data=[[row[c if c != "layer" else "name"] for c in columns] for row in record["layers"]]
+        )
+        metrics = record["final_metrics"]
+        summary_columns = [
+            "method",
+            "task",
+            "model",
+            "seed",
+            "trainable_params",
+            "total_params",
+            "median_rank",
+            *sorted(metrics),
+        ]
+        summary = wandb.Table(
+            columns=summary_columns,
+            data=[
+                [
+                    record["method"],
+                    record["task"],
+                    record["model"],
+                    record["seed"],
+                    record["trainable_params"],
+                    record["total_params"],
+                    record["median_rank"],
+                    *[metrics[k] for k in sorted(metrics)],
+                ]
+            ],
+        )
+        self.run.log({"layers": layers, "summary": summary})
+        self.run.summary.update({f"final/{k}": v for k, v in metrics.items()})
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()

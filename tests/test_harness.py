@@ -1,0 +1,216 @@
+"""The experiment harness: config composition, short runs of every method, records, errors, W&B tables."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from baselines import METHODS, make_peft_config
+from experiments import harness
+from run import _options, check_choices
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+TASKS = _options("task")
+ALL_METHODS = _options("method")
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_config_groups_list_every_method_and_task():
+    assert ALL_METHODS == sorted(METHODS)
+    assert TASKS == ["glue/cola", "glue/mrpc", "glue/qnli", "glue/rte", "glue/sst2", "glue/stsb", "sentiment/tweets"]
+    assert _options("model") == ["minilm", "roberta-base", "roberta-large", "tiny"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_and_task_composes(method, task):
+    cfg = _compose(f"method={method}", f"task={task}", "model=roberta-base")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["run_name"] == f"{method}-{task.replace('/', '-')}-roberta-base-s0"
+    assert resolved["train"]["max_length"] == 512  # GLUE's protocol length, or roberta-base's own
+    peft = resolved["method"]["peft"] or {}
+    config = make_peft_config(method, ["query", "value"], ["classifier"], **peft)
+    assert (config is None) == (method == "full")
+
+
+def test_glue_protocol_fields():
+    cfg = _compose("task=glue/mrpc")
+    assert cfg.task.metrics == ["accuracy", "f1"] and cfg.train.epochs == 30 and cfg.train.max_length == 512
+    assert _compose("task=glue/stsb").task.num_labels == 1
+    assert _compose("task=glue/cola").task.metrics == ["matthews"]
+    assert _compose().train.epochs is None and _compose().train.max_length == 128
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> str:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def glue_fixture(tmp_path_factory):
+    """Tiny local files in the GLUE schema: sst2 (one sentence), mrpc (pairs), stsb (pairs, regression)."""
+    root = tmp_path_factory.mktemp("glue")
+    words = ["good", "great", "fine", "bad", "awful", "poor", "nice", "sad"]
+    single = [[f"a {w} movie number {i}", int(w in ("good", "great", "fine", "nice"))] for i in range(6) for w in words]
+    pairs = [[f"the {w} cat {i}", f"a {w} dog {i}", i % 2] for i in range(12) for w in words[:4]]
+    scores = [[f"he is {w} {i}", f"she is {w}", float(i % 5)] for i in range(10) for w in words[:4]]
+    files = {}
+    for name, header, rows in (
+        ("sst2", ["sentence", "label"], single),
+        ("mrpc", ["sentence1", "sentence2", "label"], pairs),
+        ("stsb", ["sentence1", "sentence2", "label"], scores),
+    ):
+        files[name] = {
+            split: _write_csv(root / f"{name}-{split}.csv", header, rows[: 32 if split == "train" else 16])
+            for split in ("train", "validation")
+        }
+    return files
+
+
+def _data_files_override(files: dict) -> str:
+    return "task.data_files={" + ",".join(f"{k}:{v}" for k, v in files.items()) + "}"
+
+
+def _run(tmp_path, *overrides):
+    cfg = _compose(
+        "model=tiny",
+        "logger=none",
+        f"output_dir={tmp_path}",
+        "train.max_steps=3",
+        "train.batch_size=4",
+        "train.epochs=null",
+        "train.eval_every=2",
+        *overrides,
+    )
+    return harness.run_experiment(cfg)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_trains_on_the_tiny_model_with_glue_schema_files(tmp_path, glue_fixture, method):
+    record, path = _run(tmp_path, f"method={method}", "task=glue/sst2", _data_files_override(glue_fixture["sst2"]))
+    saved = json.loads(path.read_text())
+    assert saved == json.loads(json.dumps(record, default=str))
+    for key in (
+        "config",
+        "environment",
+        "seed",
+        "trainable_params",
+        "total_params",
+        "layers",
+        "evaluations",
+        "train_seconds",
+        "eval_seconds",
+        "peak_memory_gib",
+        "final_metrics",
+    ):
+        assert key in saved, key
+    assert saved["environment"]["versions"]["peft"]
+    assert 0 < saved["trainable_params"] <= saved["total_params"]
+    assert [e["step"] for e in saved["evaluations"]] == [2, 3]
+    assert 0.0 <= saved["final_metrics"]["validation_accuracy"] <= 1.0
+    assert saved["test_is_validation"] and saved["data_sizes"] == {"train": 32, "validation": 16, "test": 16}
+    if method == "full":
+        assert saved["layers"] == [] and saved["trainable_params"] == saved["total_params"]
+    else:
+        assert len(saved["layers"]) == 11 and all(layer["rank"] <= layer["rank_bound"] for layer in saved["layers"])
+
+
+def test_pair_and_regression_tasks(tmp_path, glue_fixture):
+    record, _ = _run(tmp_path, "method=lora", "task=glue/mrpc", _data_files_override(glue_fixture["mrpc"]))
+    assert set(record["final_metrics"]) == {"validation_accuracy", "validation_f1", "test_accuracy", "test_f1"}
+    record, _ = _run(tmp_path, "method=tera", "task=glue/stsb", _data_files_override(glue_fixture["stsb"]))
+    assert -1.0 <= record["final_metrics"]["validation_pearson"] <= 1.0
+    assert "validation_spearman" in record["final_metrics"]
+
+
+def test_wandb_offline_tables(tmp_path, glue_fixture, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    record, _ = _run(
+        tmp_path,
+        "method=tera",
+        "task=glue/sst2",
+        _data_files_override(glue_fixture["sst2"]),
+        "logger=wandb",
+        "logger.mode=offline",
+        f"logger.dir={tmp_path}",
+    )
+    tables = {
+        p.name.split("_")[0]: json.loads(p.read_text())
+        for p in (tmp_path / "wandb").glob("offline-run-*/files/media/table/*.table.json")
+    }
+    assert set(tables) == {"layers", "summary"}
+    assert tables["layers"]["columns"] == ["layer", "d_out", "d_in", "trainable", "rank_bound", "rank"]
+    assert len(tables["layers"]["data"]) == len(record["layers"])
+    assert tables["summary"]["columns"][:7] == [
+        "method",
+        "task",
+        "model",
+        "seed",
+        "trainable_params",
+        "total_params",
+        "median_rank",
+    ]
+    assert tables["summary"]["data"][0][:3] == ["tera", "glue/sst2", "tiny"]
+
+
+def test_interrupted_run_leaves_no_record(tmp_path, glue_fixture, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "task=glue/sst2", _data_files_override(glue_fixture["sst2"]))
+    assert list(tmp_path.glob("*.json")) == []
+
+
+def test_unknown_choices_list_the_valid_ones():
+    assert check_choices(["method=loraa"]) == (
+        "Unknown method 'loraa'; choose one of: dora, full, hira, lokr, lora, mora, randlora, tera, vera."
+    )
+    assert "glue/sst2" in check_choices(["task=glue/sst3"])
+    assert check_choices(["model=gpt5"]).startswith("Unknown model 'gpt5'; choose one of: minilm, roberta-base")
+    assert check_choices(["method=lora", "task=glue/rte", "seed=3"]) is None
+
+
+def _cli(*args, **env):
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_cli_errors_are_one_sentence_with_nonzero_exit(tmp_path):
+    proc = _cli("method=nope")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: Unknown method 'nope'; choose one of")
+    proc = _cli(
+        "task=glue/rte",
+        "model=tiny",
+        "logger=none",
+        f"output_dir={tmp_path}",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Cannot load nyu-mll/glue/rte from the hub") and "task.data_files=" in last
+    assert list(tmp_path.glob("*.json")) == []
+    proc = _cli("model=tiny", "logger=none", "task.data_files={train:/nonexistent.csv}")
+    assert proc.returncode == 2 and "missing file(s): /nonexistent.csv" in proc.stderr
