@@ -42,7 +42,7 @@ METHODS: dict[str, ConfigFactory | None] = {
 
 
 class UnknownMethod(ValueError):
-    """A method name that the registry does not know."""
+    """A method name that the registry does not know, or options its config does not accept."""
 
 
 def _check(name: str) -> None:
@@ -60,8 +60,13 @@ def make_peft_config(
     _check(name)
     factory = METHODS[name]
     if factory is None:
+        if peft_kwargs:
+            raise UnknownMethod(f"Full fine-tuning takes no adapter options, got {sorted(peft_kwargs)}; drop them.")
         return None
-    return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
+    try:
+        return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
+    except TypeError as err:  # an option the method's config does not have
+        raise UnknownMethod(f"Method {name!r} does not accept these options ({err}); check method.peft.") from err
 
 
 def apply_method(

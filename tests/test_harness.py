@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from baselines import METHODS, make_peft_config
+from baselines import METHODS, UnknownMethod, make_peft_config
 from experiments import harness
 from run import _options, check_choices
 
@@ -214,3 +214,14 @@ def test_cli_errors_are_one_sentence_with_nonzero_exit(tmp_path):
     assert list(tmp_path.glob("*.json")) == []
     proc = _cli("model=tiny", "logger=none", "task.data_files={train:/nonexistent.csv}")
     assert proc.returncode == 2 and "missing file(s): /nonexistent.csv" in proc.stderr
+    # an impossible combination: a 32-wide model cannot be folded into 6 factors per side
+    proc = _cli("model=tiny", "logger=none", f"output_dir={tmp_path}", "method.peft.tensor_order=6")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Dimension 32 cannot be split into 6 factors")
+
+
+def test_unknown_method_options():
+    with pytest.raises(UnknownMethod, match="'lora' does not accept these options"):
+        make_peft_config("lora", ["query"], rank=8)
+    with pytest.raises(UnknownMethod, match="Full fine-tuning takes no adapter options"):
+        make_peft_config("full", ["query"], r=8)
