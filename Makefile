@@ -1,4 +1,4 @@
-# Every target sets itself up: `make demo` and `make test` work on a fresh clone.
+# Every target sets itself up: `make run` and `make test` work on a fresh clone.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
