@@ -88,10 +88,8 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         weight_decay=train_cfg.weight_decay,
         eval_every=train_cfg.eval_every,
         evaluate_fn=on_eval,
+        log_fn=lambda step, loss: tracker.log({"train/loss": loss}, step=step),
     )
-    for step, loss in enumerate(result.losses, 1):
-        if step % 10 == 0 or step == len(result.losses):
-            tracker.log({"train/loss": loss}, step=step)
 
     eval_start = time.perf_counter()
     final_validation = evaluate(model, tokenizer, validation, desc="validation", **eval_kwargs)

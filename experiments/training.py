@@ -91,6 +91,8 @@ def train(
     weight_decay: float = 0.0,
     eval_every: int | None = None,
     evaluate_fn: Callable[[int], dict[str, Any]] | None = None,
+    log_fn: Callable[[int, float], None] | None = None,
+    log_every: int = 10,
 ) -> TrainResult:
     """``steps`` optimizer steps of AdamW with linear warm-up and decay; epochs cycle through shuffled data."""
     optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr, head_modules), weight_decay=weight_decay)
@@ -112,6 +114,8 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         result.losses.append(loss.item())
+        if log_fn is not None and (step % log_every == 0 or step == steps):
+            log_fn(step, result.losses[-1])
         bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
         if evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps:
             result.train_seconds += time.perf_counter() - start
