@@ -48,11 +48,11 @@ table-sentiment: $(STAMP)  ## every method x 3 seeds on MiniLM + tweets, same bu
 	$(PY) -m experiments.tables $(SENTIMENT_RUNS) --out results/sentiment_minilm \
 	  --title "All methods on MiniLM-L6, offline tweets (negative vs positive), 100 steps, 3 seeds"
 
-bench: $(STAMP)  ## time a train step of each TeRA path vs LoRA/VeRA at small shapes on this machine
-	$(PY) -m experiments.benchmarks.tera_step --preset cpu-small
+bench: $(STAMP)  ## efficiency report of every method at small shapes on this machine -> results/efficiency.md
+	$(PY) -m experiments.benchmarks.efficiency --preset cpu-small
 
-bench-gpu:  ## the same at LLaMA-2-7B layer shapes on a CUDA GPU (needs only torch, transformers, peft)
-	$(PYTHON) -m experiments.benchmarks.tera_step --preset llama2-7b
+bench-gpu:  ## the same at LLaMA-2-7B shapes on a CUDA GPU (plain python; needs only torch, transformers, peft)
+	$(PYTHON) -m experiments.benchmarks.efficiency --preset llama2-7b
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,39 +1,113 @@
-"""The benchmark measures real steps at tiny shapes; records are written atomically."""
+"""The efficiency benchmark measures real figures at tiny shapes; records are written atomically."""
 
 import json
 
 import pytest
+from hydra import compose, initialize_config_dir
 
-from experiments.benchmarks import tera_step
+from experiments.benchmarks import efficiency
 from experiments.records import environment, write_json_atomic
 
+TINY = efficiency.load_preset("tiny")
 
-@pytest.mark.parametrize("name", ["lora-r32", "tera-full-merged", "tera-half-auto"])
+
+@pytest.mark.parametrize("name", ["lora", "tera", "tera-half"])
 def test_measure_one_method_at_tiny_shapes(name):
-    row = tera_step.measure("tiny", name)
-    assert row["step_ms"] > 0 and row["trainable"] > 0 and row["loss_finite"]
-    assert row["peak_rss_gib"] > 0
+    entry = next(e for e in TINY["methods"] if efficiency.method_spec(e)["name"] == name)
+    row = efficiency.measure(TINY, entry)
+    for key in (
+        "step_ms",
+        "tokens_per_s",
+        "peak_train_gib",
+        "optimizer_state_bytes",
+        "adapter_file_bytes",
+        "merge_ms",
+        "prefill_ms_unmerged",
+        "prefill_ms_merged",
+        "decode_ms_per_token_unmerged",
+        "decode_ms_per_token_merged",
+    ):
+        assert row[key] > 0, key
+    # AdamW keeps two float32 moments per trained value, plus a 4-byte step counter per tensor
+    assert 8 * row["trainable"] < row["optimizer_state_bytes"] <= 8 * row["trainable"] + 4 * 64
+    assert row["merged_max_rel_diff"] < 1e-5  # merged and unmerged inference give the same outputs
     if name.startswith("tera"):
-        assert set(row["paths"]) == {"32x32", "48x32", "32x48"}
+        assert row["shared_frozen_bytes"] > 0 and row["adapter_file_bytes"] < 4096
+    else:
+        assert row["shared_frozen_bytes"] == 0
 
 
-def test_render_names_device_versions_and_ratio():
+def test_method_spec_reads_conf_method_and_overrides():
+    assert efficiency.method_spec("vera")["peft"]["r"] == 256
+    spec = efficiency.method_spec({"name": "lora-r32", "method": "lora", "peft": {"r": 32}})
+    assert spec == {"name": "lora-r32", "method": "lora", "peft": {"r": 32, "lora_alpha": 16, "lora_dropout": 0.0}}
+
+
+def test_render_names_device_versions_ratios_and_targets():
     record = {
-        "preset": "tiny",
-        "shapes": "test",
-        "warmup": 1,
-        "steps": 2,
+        "preset": TINY,
         "environment": environment("cpu"),
         "rows": [
-            {"method": "lora-r32", "step_ms": 10.0, "trainable": 5, "peak_rss_gib": 1.0},
-            {"method": "tera-full-auto", "step_ms": 12.0, "trainable": 3, "peak_rss_gib": 1.0, "paths": {"4x4": "m"}},
-            {"method": "vera-r256", "error": "boom"},
+            {"method": "base", "trainable": 0, "prefill_ms_merged": 2.0, "decode_ms_per_token_merged": 1.0},
+            {
+                "method": "lora",
+                "trainable": 5,
+                "step_ms": 10.0,
+                "tokens_per_s": 1600.0,
+                "peak_train_gib": 1.0,
+                "optimizer_state_bytes": 40,
+                "adapter_file_bytes": 500,
+                "adapter_with_shared_bytes": 500,
+                "merge_ms": 1.0,
+                "prefill_ms_unmerged": 2.5,
+                "prefill_ms_merged": 2.0,
+                "decode_ms_per_token_unmerged": 1.2,
+                "decode_ms_per_token_merged": 1.0,
+                "merged_max_rel_diff": 0.0,
+            },
+            {
+                "method": "tera",
+                "trainable": 3,
+                "step_ms": 12.0,
+                "tokens_per_s": 1333.0,
+                "peak_train_gib": 0.9,
+                "optimizer_state_bytes": 24,
+                "adapter_file_bytes": 300,
+                "adapter_with_shared_bytes": 9000,
+                "merge_ms": 2.0,
+                "prefill_ms_unmerged": 3.0,
+                "prefill_ms_merged": 2.0,
+                "decode_ms_per_token_unmerged": 1.5,
+                "decode_ms_per_token_merged": 1.0,
+                "merged_max_rel_diff": 1e-7,
+            },
+            {"method": "vera", "error": "boom"},
         ],
     }
-    text = tera_step.render(record)
-    assert "| tera-full-auto | 12.0 | 1.20 |" in text
-    assert "failed: boom" in text
-    assert record["environment"]["versions"]["torch"] in text and "CPU" in text
+    text = efficiency.render(record)
+    assert "| tera | 3 | 24 B | 12.0 | 1.20 | 1,333 | 0.90 | 300 B | 8.8 KB | 2.0 |" in text
+    assert "failed: boom" in text and record["environment"]["versions"]["torch"] in text
+    assert "- full-rank TeRA train step vs LoRA: 1.200x (target <= 1.3x): met" in text
+    assert "- full-rank TeRA peak memory vs LoRA: 0.900x (target <= 1x): met" in text
+    assert "- unmerged TeRA overhead: prefill 1.50x, decode 1.50x the base model" in text
+
+
+def test_run_all_writes_record_and_report(tmp_path):
+    preset = dict(TINY, methods=["base", "lora", "tera"])
+    record = efficiency.run_all(preset, tmp_path, tmp_path / "eff.md")
+    assert [r["method"] for r in record["rows"]] == ["base", "lora", "tera"]
+    assert all("error" not in r for r in record["rows"]), record["rows"]
+    assert json.loads((tmp_path / "efficiency-tiny.json").read_text())["rows"][2]["step_ms"] > 0
+    report = (tmp_path / "eff.md").read_text()
+    assert "## Inference" in report and "| tera |" in report and "## Targets" in report
+
+
+def test_bench_presets_compose_through_hydra():
+    with initialize_config_dir(config_dir=str(efficiency.ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="bench_config", overrides=["bench=llama2-7b", "bench.batch=8"])
+    assert cfg.bench.model.hidden == 4096 and cfg.bench.batch == 8 and cfg.bench.dtype == "bfloat16"
+    names = [efficiency.method_spec(e)["name"] for e in cfg.bench.methods]
+    assert names[:3] == ["base", "full", "lora-r32"] and "tera-half" in names
 
 
 def test_write_json_atomic_leaves_no_temporary_files(tmp_path):
@@ -46,12 +120,3 @@ def test_write_json_atomic_leaves_no_temporary_files(tmp_path):
         write_json_atomic(tmp_path / "sub" / "record.json", circular)  # fails mid-write: old record untouched
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in path.parent.iterdir()] == ["record.json"]
-
-
-def test_run_all_writes_record_and_table(tmp_path):
-    record = tera_step.run_all("tiny", ["lora-r32", "tera-full-auto"], tmp_path)
-    assert [r["method"] for r in record["rows"]] == ["lora-r32", "tera-full-auto"]
-    assert all("error" not in r for r in record["rows"]), record["rows"]
-    saved = json.loads((tmp_path / "tera_step-tiny.json").read_text())
-    assert saved["rows"][1]["step_ms"] > 0
-    assert "| tera-full-auto |" in (tmp_path / "tera_step-tiny.md").read_text()
