@@ -7,10 +7,12 @@ bound ``min(d_out, d_in)``.  Other packages (e.g. ``baselines``) add their bound
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from peft.tuners.hira import HiraLayer
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.tuners.vera import VeraLayer
@@ -19,7 +21,9 @@ from torch import nn
 from .layer import TeraLayer
 
 RankBound = Callable[[BaseTunerLayer, str], int]
+EffectiveDelta = Callable[[BaseTunerLayer, str], torch.Tensor]
 _RANK_BOUNDS: dict[type, RankBound] = {}
+_EFFECTIVE_DELTAS: dict[type, EffectiveDelta] = {}
 
 # Singular values below s_max * max(d_out, d_in) * RANK_EPS count as zero: the NumPy/LAPACK convention for float32
 # data.  A 16-bit dW therefore shows its rounding noise as extra rank; measure on a float32 model for exact ranks.
@@ -36,9 +40,43 @@ def _shape(layer: BaseTunerLayer) -> tuple[int, int]:
     return int(base.out_features), int(base.in_features)
 
 
+def register_effective_delta(layer_cls: type, delta: EffectiveDelta) -> None:
+    """Declare how to get the update a layer really applies when ``get_delta_weight`` returns only a factor of it."""
+    _EFFECTIVE_DELTAS[layer_cls] = delta
+
+
+def merged_minus_base(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
+    """The update as merging applies it (merged weight minus base weight), computed on a copy of the layer."""
+    clone = copy.deepcopy(layer)
+    before = clone.get_base_layer().weight.detach().clone()
+    clone.merge(adapter_names=[adapter_name])
+    return clone.get_base_layer().weight.detach() - before
+
+
+def effective_delta(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
+    for cls in type(layer).__mro__:
+        if cls in _EFFECTIVE_DELTAS:
+            return _EFFECTIVE_DELTAS[cls](layer, adapter_name)
+    return layer.get_delta_weight(adapter_name)
+
+
+def _uses_dora(layer: BaseTunerLayer, name: str) -> bool:
+    return bool(getattr(layer, "use_dora", {}).get(name, False))
+
+
 register_rank_bound(TeraLayer, lambda layer, name: layer.rank_bound(name))
-register_rank_bound(LoraLayer, lambda layer, name: min(layer.r[name], *_shape(layer)))
 register_rank_bound(VeraLayer, lambda layer, name: min(layer.r[name], *_shape(layer)))
+# DoRA rescales the columns of W0 + BA, so its real update is not low-rank; plain LoRA's is rank r.
+register_rank_bound(
+    LoraLayer, lambda layer, name: min(_shape(layer)) if _uses_dora(layer, name) else min(layer.r[name], *_shape(layer))
+)
+# PEFT's DoRA and HiRA layers return only the B A factor from get_delta_weight; the update they apply is
+# m (W0 + BA) / |W0 + BA| - W0 (DoRA) and W0 * (BA) (HiRA, bound r * rank(W0), i.e. full in practice).
+register_effective_delta(
+    LoraLayer,
+    lambda layer, name: merged_minus_base(layer, name) if _uses_dora(layer, name) else layer.get_delta_weight(name),
+)
+register_effective_delta(HiraLayer, merged_minus_base)
 
 
 def rank_bound(layer: BaseTunerLayer, adapter_name: str) -> int:
@@ -102,7 +140,7 @@ def adapter_report(model: nn.Module, adapter_name: str | None = None, measure_ra
         rank = tolerance = None
         if measure_rank:
             with torch.no_grad():
-                rank, tolerance = numerical_rank(module.get_delta_weight(adapter))
+                rank, tolerance = numerical_rank(effective_delta(module, adapter))
         reports.append(
             LayerReport(
                 name=name.removeprefix("base_model.model."),

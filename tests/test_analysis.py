@@ -80,3 +80,26 @@ def test_numerical_rank_tolerance():
 def test_skip_rank_measurement():
     model = get_peft_model(ToyMLP(), TeraConfig(target_modules=TOY_TARGETS))
     assert all(r.rank is None for r in adapter_report(model, measure_rank=False))
+
+
+def test_report_measures_the_update_dora_and_hira_really_apply():
+    """PEFT's get_delta_weight returns only B A for DoRA and HiRA; the report measures merged minus base weight."""
+    from peft import HiraConfig
+
+    hira = get_peft_model(Wide(), HiraConfig(target_modules=["a", "b"], r=4, init_weights=False))
+    for report in adapter_report(hira):
+        assert report.rank == report.rank_bound == 48  # W0 * (B A): high rank from rank-4 factors
+    dora = get_peft_model(Wide(), LoraConfig(target_modules=["a", "b"], r=4, use_dora=True, init_lora_weights=False))
+    with torch.no_grad():
+        for name, parameter in dora.named_parameters():
+            if "lora_magnitude_vector" in name:
+                parameter.mul_(1.5)  # a trained magnitude: the update is no longer just B A
+    for report in adapter_report(dora):
+        assert report.rank_bound == 48 and report.rank > 4
+    x = torch.randn(3, 48)
+    layer = hira.base_model.model.a
+    with torch.no_grad():
+        from tera.analysis import effective_delta
+
+        expected = layer.get_base_layer()(x) + x @ effective_delta(layer, "default").t()
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
