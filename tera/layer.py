@@ -16,6 +16,17 @@ from .cost import FACTORISED, MERGED, choose_path
 from .tensorize import TensorPlan
 
 
+def linear_base(target: nn.Module, current_key: str | None, method: str) -> nn.Linear:
+    """The nn.Linear under ``target`` (a plain module or an already adapted layer), or one clear TypeError."""
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if not isinstance(base, nn.Linear):
+        raise TypeError(
+            f"{method} target module {current_key!r} is a {type(base).__name__}, not an nn.Linear; remove it from "
+            f"target_modules ({method} adapts nn.Linear layers only)."
+        )
+    return base
+
+
 def core_key(plan: TensorPlan) -> str:
     return f"{plan.key}_core"
 

@@ -6,13 +6,13 @@ import warnings
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from .config import TeraConfig
 from .factors import checksum, generate_factors
-from .layer import Linear, TeraLayer, core_key, factor_key
+from .layer import Linear, TeraLayer, core_key, factor_key, linear_base
 from .tensorize import TensorPlan, plan_for_weight
 
 SHARED_ATTR = "tera_shared"
@@ -76,12 +76,7 @@ class TeraModel(BaseTuner):
     def _create_and_replace(
         self, tera_config: TeraConfig, adapter_name: str, target, target_name, parent, current_key=None, **kwargs
     ) -> None:
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, nn.Linear):
-            raise TypeError(
-                f"TeRA target module {current_key!r} is a {type(base).__name__}, not an nn.Linear; remove it from "
-                f"target_modules (TeRA adapts nn.Linear layers only)."
-            )
+        base = linear_base(target, current_key, "TeRA")
         plan = plan_for_weight(
             base.out_features,
             base.in_features,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
+
+from tera.layer import linear_base
 
 from .config import MoraConfig
 from .layer import Linear, MoraLayer
@@ -33,12 +35,7 @@ class MoraModel(BaseTuner):
         current_key: str | None = None,
         **kwargs: Any,
     ) -> None:
-        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, nn.Linear):
-            raise TypeError(
-                f"MoRA target module {current_key!r} is a {type(base).__name__}, not an nn.Linear; remove it from "
-                f"target_modules (MoRA adapts nn.Linear layers only)."
-            )
+        linear_base(target, current_key, "MoRA")  # only nn.Linear targets; raises otherwise
         if isinstance(target, Linear):
             target.update_layer(adapter_name, mora_config)
             return
