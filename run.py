@@ -3,6 +3,7 @@
 python run.py                                   # TeRA, MiniLM-L6, offline tweets: a few minutes on a CPU
 python run.py method=lora task=glue/sst2 model=roberta-base
 python run.py method=vera train.max_steps=50 logger=none
+python run.py model=smollm2-135m task=math/gsm8k train.max_steps=20 eval.limit=20   # decoder, offline
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def check_choices(argv: list[str]) -> str | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from baselines import UnknownMethod
-    from experiments.harness import run_experiment
+    from experiments.harness import IncompatibleChoice, run_experiment
     from experiments.models import ModelUnavailable
     from experiments.summary import summarise
     from experiments.tasks import DataUnavailable
@@ -43,7 +44,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         record, path = run_experiment(cfg)
-    except (DataUnavailable, ModelUnavailable, UnknownMethod, TensorisationError) as err:
+    except (DataUnavailable, ModelUnavailable, UnknownMethod, TensorisationError, IncompatibleChoice) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

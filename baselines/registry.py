@@ -54,15 +54,18 @@ def make_peft_config(
     name: str,
     target_modules: list[str],
     modules_to_save: list[str] | None = None,
+    task_type: str | None = None,
     **peft_kwargs: Any,
 ) -> PeftConfig | None:
-    """The PEFT config of method ``name`` (``None`` for full fine-tuning)."""
+    """The PEFT config of method ``name`` (``None`` for full fine-tuning); ``task_type`` e.g. ``CAUSAL_LM``."""
     _check(name)
     factory = METHODS[name]
     if factory is None:
         if peft_kwargs:
             raise UnknownMethod(f"Full fine-tuning takes no adapter options, got {sorted(peft_kwargs)}; drop them.")
         return None
+    if task_type is not None:
+        peft_kwargs["task_type"] = task_type
     try:
         return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
     except TypeError as err:  # an option the method's config does not have
@@ -74,10 +77,11 @@ def apply_method(
     name: str,
     target_modules: list[str],
     modules_to_save: list[str] | None = None,
+    task_type: str | None = None,
     **peft_kwargs: Any,
 ) -> nn.Module:
     """Adapt ``model`` with method ``name``: a PeftModel, or the model itself with every weight trainable."""
-    config = make_peft_config(name, target_modules, modules_to_save, **peft_kwargs)
+    config = make_peft_config(name, target_modules, modules_to_save, task_type, **peft_kwargs)
     if config is None:
         for parameter in model.parameters():
             parameter.requires_grad_(True)

@@ -18,7 +18,7 @@ from .models import load_classifier
 from .records import environment, write_json_atomic
 from .tasks import load_task
 from .tracking import Tracker
-from .training import evaluate, train
+from .training import encode, evaluate, labels_of, parameter_groups, shuffled_batches, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,11 +33,32 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB on Linux)
 
 
+class IncompatibleChoice(ValueError):
+    """A model that cannot run the chosen task (an encoder on a generation task, or the reverse)."""
+
+
+def check_compatible(cfg: DictConfig) -> None:
+    task_kind = cfg.task.get("kind", "classification")
+    model_kind = cfg.model.get("kind", "encoder")
+    if (task_kind == "causal") != (model_kind == "decoder"):
+        wanted = "a decoder (smollm2-135m, llama2-7b, llama3-8b, gemma3-270m, tiny-llama)"
+        if task_kind != "causal":
+            wanted = "an encoder (minilm, roberta-base, roberta-large, tiny)"
+        raise IncompatibleChoice(
+            f"Task {cfg.task.suite}/{cfg.task.name} needs {wanted} model, but model={cfg.model.name} is a {model_kind}."
+        )
+
+
 def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Run the experiment ``cfg`` describes; returns the record and where it was written."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    check_compatible(cfg)
+    if cfg.task.get("kind") == "causal":
+        from .causal.harness import run_decoder_experiment
+
+        return run_decoder_experiment(cfg, device)
     task, method, model_cfg, train_cfg = cfg.task, cfg.method, cfg.model, cfg.train
     regression = task.num_labels == 1
 
@@ -73,17 +94,17 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         steps = max(1, int(train_cfg.epochs * len(data.train) / train_cfg.batch_size))
     result = train(
         model,
-        tokenizer,
-        data.train,
-        lr=method.lr,
-        head_lr=None if method.name == "full" else train_cfg.head_lr,
-        head_modules=heads,
+        batches=shuffled_batches(len(data.train), train_cfg.batch_size, cfg.seed),
+        make_batch=lambda indices: {
+            **encode(tokenizer, [data.train[i] for i in indices], train_cfg.max_length, device),
+            "labels": labels_of([data.train[i] for i in indices], regression, device),
+        },
+        param_groups=parameter_groups(model, method.lr, None if method.name == "full" else train_cfg.head_lr, heads),
         steps=steps,
-        batch_size=train_cfg.batch_size,
-        max_length=train_cfg.max_length,
-        regression=regression,
         device=device,
-        seed=cfg.seed,
+        grad_accum=train_cfg.get("grad_accum", 1),
+        precision=train_cfg.get("precision", "fp32"),
+        max_grad_norm=train_cfg.get("max_grad_norm"),
         warmup_ratio=train_cfg.warmup_ratio,
         weight_decay=train_cfg.weight_decay,
         eval_every=train_cfg.eval_every,

@@ -15,20 +15,44 @@ def summarise(record: dict[str, Any], path: Path) -> str:
         else "n/a (full fine-tuning updates every weight)"
     )
     metrics = record["final_metrics"]
+    if "eval_protocol" in record:  # a decoder run: one line per evaluated task
+        return "\n".join([*_head(record, rank_line), *_decoder_lines(record), *_tail(record, path)])
     validation = ", ".join(
         f"{k.removeprefix('validation_')} {v:.4f}" for k, v in metrics.items() if k.startswith("validation_")
     )
     test = ", ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
     test_note = " (the validation split: test labels are hidden)" if record["test_is_validation"] else ""
-    return "\n".join(
-        [
-            f"method       {record['method']} on {record['model']}, task {record['task']}, seed {record['seed']}",
-            f"parameters   {record['trainable_params']:,} trainable of {record['total_params']:,}",
-            f"rank of dW   {rank_line}",
-            f"validation   {validation}",
-            f"test         {test}{test_note}",
-            f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "
-            f"eval {record['eval_seconds']:.0f} s, {record['steps']} steps)",
-            f"record       {path}",
-        ]
-    )
+    lines = [f"validation   {validation}", f"test         {test}{test_note}"]
+    return "\n".join([*_head(record, rank_line), *lines, *_tail(record, path)])
+
+
+def _head(record: dict[str, Any], rank_line: str) -> list[str]:
+    return [
+        f"method       {record['method']} on {record['model']}, task {record['task']}, seed {record['seed']}",
+        f"parameters   {record['trainable_params']:,} trainable of {record['total_params']:,}",
+        f"rank of dW   {rank_line}",
+    ]
+
+
+def _decoder_lines(record: dict[str, Any]) -> list[str]:
+    lines = [f"evaluation   protocol {record['eval_protocol']}"]
+    metrics = record["final_metrics"]
+    tasks = [
+        *record["evaluated_examples"],
+        *(["average"] if any(k.startswith("test_average_") for k in metrics) else []),
+    ]
+    for task in tasks:
+        prefix = f"test_{task}_"
+        values = ", ".join(f"{k.removeprefix(prefix)} {v:.4f}" for k, v in metrics.items() if k.startswith(prefix))
+        count = record["evaluated_examples"].get(task)
+        lines.append(f"  {task:<12} {values}" + (f"  (n={count})" if count else ""))
+    stand_ins = [f"{part}: {where}" for part, where in record["data_provenance"].items() if "STAND-IN" in where]
+    return lines + [f"data         {line}" for line in stand_ins]
+
+
+def _tail(record: dict[str, Any], path: Path) -> list[str]:
+    return [
+        f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "
+        f"eval {record['eval_seconds']:.0f} s, {record['steps']} steps)",
+        f"record       {path}",
+    ]

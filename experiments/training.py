@@ -1,11 +1,12 @@
-"""The training loop and evaluation of a sequence classifier: plain PyTorch, progress bars, nothing hidden."""
+"""The training loop (any model that returns ``.loss``) and the evaluation of a sequence classifier: plain PyTorch,
+progress bars, nothing hidden."""
 
 from __future__ import annotations
 
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ def encode(tokenizer, examples: Sequence[Example], max_length: int, device: torc
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _labels(examples: Sequence[Example], regression: bool, device: torch.device) -> torch.Tensor:
+def labels_of(examples: Sequence[Example], regression: bool, device: torch.device) -> torch.Tensor:
     values = [e["label"] for e in examples]
     return torch.tensor(values, dtype=torch.float32 if regression else torch.long, device=device)
 
@@ -73,20 +74,35 @@ def parameter_groups(model: nn.Module, lr: float, head_lr: float | None, head_mo
     return groups
 
 
+def shuffled_batches(count: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of indices; each pass over the data is a fresh shuffle (a batch may span two passes)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(count), count)
+        yield order[:batch_size]
+        del order[:batch_size]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 autocast on a GPU that supports it, none elsewhere (CPU autocast is slower than float32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def train(
     model: nn.Module,
-    tokenizer,
-    train_examples: Sequence[Example],
     *,
-    lr: float,
-    head_lr: float | None,
-    head_modules: Sequence[str],
+    batches: Iterator[list[int]],
+    make_batch: Callable[[list[int]], dict[str, torch.Tensor]],
+    param_groups: list[dict[str, Any]],
     steps: int,
-    batch_size: int,
-    max_length: int,
-    regression: bool,
     device: torch.device,
-    seed: int,
+    grad_accum: int = 1,
+    precision: str = "fp32",
+    max_grad_norm: float | None = None,
     warmup_ratio: float = 0.0,
     weight_decay: float = 0.0,
     eval_every: int | None = None,
@@ -94,26 +110,31 @@ def train(
     log_fn: Callable[[int, float], None] | None = None,
     log_every: int = 10,
 ) -> TrainResult:
-    """``steps`` optimizer steps of AdamW with linear warm-up and decay; epochs cycle through shuffled data."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr, head_modules), weight_decay=weight_decay)
+    """``steps`` optimizer steps of AdamW with linear warm-up and decay, each over ``grad_accum`` micro-batches.
+
+    ``make_batch`` turns a list of example indices into model inputs with ``labels``; the model returns ``.loss``.
+    """
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
-    rng = random.Random(seed)
-    order: list[int] = []
+    amp = autocast_dtype(precision, device)
+    trainable = [p for group in param_groups for p in group["params"]]
     result = TrainResult(steps=steps, train_seconds=0.0)
     start = time.perf_counter()
     bar = tqdm(range(1, steps + 1), desc="train")
     for step in bar:
         model.train()
-        if len(order) < batch_size:
-            order += rng.sample(range(len(train_examples)), len(train_examples))
-        chunk = [train_examples[i] for i in order[:batch_size]]
-        del order[:batch_size]
-        loss = model(**encode(tokenizer, chunk, max_length, device), labels=_labels(chunk, regression, device)).loss
-        loss.backward()
+        step_loss = 0.0
+        for _ in range(grad_accum):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = model(**make_batch(next(batches))).loss / grad_accum
+            loss.backward()
+            step_loss += loss.item()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss.item())
+        result.losses.append(step_loss)
         if log_fn is not None and (step % log_every == 0 or step == steps):
             log_fn(step, result.losses[-1])
         bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")

@@ -1,0 +1,83 @@
+"""The LLM-Adapters evaluation protocol: greedy generation from the training prompt, answer extracted from the text.
+
+Reported under its own metric names (``gen_acc`` / ``gen_exact_match``): its numbers are not comparable with
+lm-eval's log-likelihood accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .extraction import extract_choice, extract_number, number_matches
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, desc: str) -> list[str]:
+    """Greedy continuations of ``prompts`` (left-padded batches, longest first to waste less padding)."""
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            chunk = order[start : start + batch_size]
+            batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True).to(device)
+            tokens = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            texts = tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for i, text in zip(chunk, texts):
+                outputs[i] = text
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+def evaluate_by_generation(
+    model,
+    tokenizer,
+    evaluation: Mapping[str, Sequence[Mapping[str, Any]]],
+    kinds: Mapping[str, str],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    limit: int | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, Any]]]]:
+    """Per task ``gen_acc`` (choice) or ``gen_exact_match`` (math) and n; and the generations, for inspection."""
+    metrics: dict[str, dict[str, float]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for name, items in evaluation.items():
+        items = list(items[:limit] if limit else items)
+        choice = kinds[name] == "choice"
+        texts = generate(
+            model,
+            tokenizer,
+            [item["prompt"] for item in items],
+            max_new_tokens=min(max_new_tokens, 32) if choice else max_new_tokens,  # an answer word is short
+            batch_size=batch_size,
+            desc=f"generate {name}",
+        )
+        correct = []
+        for item, text in zip(items, texts):
+            if choice:
+                predicted = extract_choice(text, item["answers"])
+                correct.append(predicted == item["answers"][item["label"]])
+            else:
+                predicted = extract_number(text)
+                correct.append(number_matches(predicted, item["target"]))
+        key = "gen_acc" if choice else "gen_exact_match"
+        metrics[name] = {key: sum(correct) / max(len(correct), 1), "n": len(correct)}
+        samples[name] = [
+            {"id": item["id"], "generation": text, "correct": ok} for item, text, ok in zip(items, texts, correct)
+        ]
+    return metrics, samples
