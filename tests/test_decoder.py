@@ -393,3 +393,24 @@ def test_tiny_llama_math_generation_end_to_end_and_zero_step_baseline(tmp_path):
     )
     assert "test_gsm8k_llmadapters_gen_exact_match" in record["final_metrics"]
     assert record["median_rank"] == 0  # an untrained TeRA adapter changes nothing: the base model is evaluated
+
+
+def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path):
+    """The 7B/8B settings (checkpointing, bf16) exercised on the tiny model: TeRA's custom backward runs under both."""
+    train = _jsonl(tmp_path / "train.jsonl", BOOLQ_ROWS)
+    cfg = _compose(
+        "model=tiny-llama",
+        "task=commonsense/boolq",
+        f"+task.data_files={{train: {train}, test: {train}}}",
+        "model.gradient_checkpointing=true",
+        "train.precision=bf16",
+        "train.max_steps=2",
+        "train.batch_size=3",
+        "eval.limit=2",
+        "logger=none",
+        f"output_dir={tmp_path}",
+    )
+    assert cfg.train.gradient_checkpointing is True
+    record, _ = harness.run_experiment(cfg)
+    assert math.isfinite(record["loss_first"]) and math.isfinite(record["loss_last_20"])
+    assert record["median_rank"] > 0  # the diagonals moved: gradients crossed the checkpointed blocks

@@ -198,7 +198,7 @@ def test_unknown_choices_list_the_valid_ones():
         "Unknown method 'loraa'; choose one of: dora, full, hira, lokr, lora, mora, randlora, tera, vera."
     )
     assert "glue/sst2" in check_choices(["task=glue/sst3"])
-    assert check_choices(["model=gpt5"]).startswith("Unknown model 'gpt5'; choose one of: minilm, roberta-base")
+    assert check_choices(["model=gpt5"]).startswith("Unknown model 'gpt5'; choose one of: gemma3-270m, llama2-7b")
     assert check_choices(["method=lora", "task=glue/rte", "seed=3"]) is None
 
 

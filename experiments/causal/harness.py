@@ -66,7 +66,11 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
     total_params = sum(p.numel() for p in model.parameters())
     if train_cfg.get("gradient_checkpointing"):
         # Before PEFT wraps the model; use_reentrant=False lets gradients reach adapters behind frozen embeddings.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = not train_cfg.get("gradient_checkpointing")
     targets = list(method.target_modules or model_cfg.target_modules)
     peft_kwargs = OmegaConf.to_container(method.peft, resolve=True) if method.get("peft") else {}
