@@ -414,3 +414,63 @@ def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path)
     record, _ = harness.run_experiment(cfg)
     assert math.isfinite(record["loss_first"]) and math.isfinite(record["loss_last_20"])
     assert record["median_rank"] > 0  # the diagonals moved: gradients crossed the checkpointed blocks
+
+
+@pytest.mark.parametrize(
+    "convert, row, answer, shown",
+    [
+        (
+            tasks.siqa,
+            {
+                "context": "Ann won.",
+                "question": "How does Ann feel?",
+                "answerA": "sad",
+                "answerB": "glad",
+                "answerC": "bored",
+                "label": "2",
+            },
+            "answer2",
+            "Answer2: glad",
+        ),
+        (
+            tasks.hellaswag,
+            {"activity_label": "Cooking", "ctx": "He cracks an egg", "endings": ["a", "b", "c", "d"], "label": "3"},
+            "ending4",
+            "Cooking: He cracks an egg\n\nEnding1: a",
+        ),
+        (
+            tasks.winogrande,
+            {
+                "sentence": "The cup fell off the table because _ was wobbly.",
+                "option1": "cup",
+                "option2": "table",
+                "answer": "2",
+            },
+            "option2",
+            "Option2: table",
+        ),
+        (
+            tasks.arc,
+            {
+                "question": "Which is a gas?",
+                "choices": {"text": ["ice", "steam", "rock", "wood"], "label": ["A", "B", "C", "D"]},
+                "answerKey": "B",
+            },
+            "answer2",
+            "Answer4: wood\n\nAnswer format: answer1/answer2/answer3/answer4",
+        ),
+        (
+            tasks.obqa,
+            {
+                "question_stem": "Plants need",
+                "choices": {"text": ["light", "salt", "noise", "sand"], "label": ["A", "B", "C", "D"]},
+                "answerKey": "A",
+            },
+            "answer1",
+            "question: Plants need\n\nAnswer1: light",
+        ),
+    ],
+)
+def test_hub_schemas_map_labels_to_answer_words(convert, row, answer, shown):
+    item = convert(row)
+    assert item["answers"][item["label"]] == answer and shown in item["prompt"]
