@@ -12,10 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method
-from tera import adapter_report
 
 from .models import load_classifier
-from .records import environment, write_json_atomic
+from .records import adapter_fields, run_identity, write_json_atomic
 from .tasks import load_task
 from .tracking import Tracker
 from .training import encode, evaluate, labels_of, parameter_groups, shuffled_batches, train
@@ -127,22 +126,13 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         step=steps,
     )
 
-    layers = [r.as_dict() for r in adapter_report(model)] if method.name != "full" else []
-    ranks = [layer["rank"] for layer in layers]
     record = {
-        "run_name": cfg.run_name,
-        "method": method.name,
-        "task": f"{task.suite}/{task.name}",
-        "model": model_cfg.name,
-        "seed": cfg.seed,
-        "config": config,
-        "environment": environment(device),
+        **run_identity(cfg, config, device),
         "data_sizes": {"train": len(data.train), "validation": len(validation), "test": len(test)},
         "test_is_validation": test is validation,
         "trainable_params": trainable,
         "total_params": total_params,
-        "layers": layers,
-        "median_rank": statistics.median(ranks) if ranks else None,
+        **adapter_fields(model, method.name),
         "steps": steps,
         "evaluations": evaluations,
         "final_metrics": {

@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +41,28 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": package_versions(),
     }
+
+
+def run_identity(cfg: Any, config: dict[str, Any], device: torch.device | str | None) -> dict[str, Any]:
+    """The fields that say which run a record is and where it ran; ``config`` is the resolved config."""
+    return {
+        "run_name": cfg.run_name,
+        "method": cfg.method.name,
+        "task": f"{cfg.task.suite}/{cfg.task.name}",
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "config": config,
+        "environment": environment(device),
+    }
+
+
+def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
+    """Per-layer trainable count, rank bound and measured rank of dW, and the median rank (none for full FT)."""
+    from tera import adapter_report
+
+    layers = [r.as_dict() for r in adapter_report(model)] if method != "full" else []
+    ranks = [layer["rank"] for layer in layers]
+    return {"layers": layers, "median_rank": statistics.median(ranks) if ranks else None}
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

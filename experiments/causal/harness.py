@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method
-from tera import adapter_report
 
-from ..records import environment, write_json_atomic
+from ..harness import peak_memory_gib
+from ..records import adapter_fields, run_identity, write_json_atomic
 from ..tracking import Tracker
 from ..training import parameter_groups, train
 from .batching import bucketed_batches, collate, tokenize_example
@@ -111,16 +111,8 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
     final_metrics = flatten(per_task)
     tracker.log(final_metrics, step=steps)
 
-    layers = [r.as_dict() for r in adapter_report(model)] if method.name != "full" else []
-    ranks = [layer["rank"] for layer in layers]
     record = {
-        "run_name": cfg.run_name,
-        "method": method.name,
-        "task": f"{task.suite}/{task.name}",
-        "model": model_cfg.name,
-        "seed": cfg.seed,
-        "config": config,
-        "environment": environment(device),
+        **run_identity(cfg, config, device),
         "data_sizes": {"train": len(features), **{f"eval_{k}": len(v) for k, v in data.evaluation.items()}},
         "data_provenance": data.provenance,
         "evaluated_examples": {name: row.get("n") for name, row in per_task.items()},
@@ -129,8 +121,7 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
         "trainable_params": trainable,
         "total_params": total_params,
         "learning_rate": lr,
-        "layers": layers,
-        "median_rank": statistics.median(ranks) if ranks else None,
+        **adapter_fields(model, method.name),
         "steps": steps,
         "train_tokens_per_step": global_batch,
         "evaluations": [{"step": steps, "test": per_task}],
@@ -141,6 +132,7 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
         "train_seconds": result.train_seconds if result else 0.0,
         "eval_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - started,
+        "peak_memory_gib": peak_memory_gib(device),
         "complete": True,
     }
     path = write_json_atomic(Path(cfg.output_dir) / f"{cfg.run_name}.json", record)
