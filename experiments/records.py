@@ -74,6 +74,7 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a record is for everyone who can read results/
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
