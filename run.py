@@ -36,12 +36,15 @@ def check_choices(argv: list[str]) -> str | None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from baselines import UnknownMethod
-    from experiments.harness import IncompatibleChoice, run_experiment
+    from experiments.harness import IncompatibleChoice, is_complete, record_path, run_experiment
     from experiments.models import ModelUnavailable
     from experiments.summary import summarise
     from experiments.tasks import DataUnavailable
     from tera import TensorisationError
 
+    if cfg.skip_complete and is_complete(cfg):
+        print(f"skip {cfg.run_name}: {record_path(cfg)} is complete with these settings (skip_complete=false reruns)")
+        return
     try:
         record, path = run_experiment(cfg)
     except (DataUnavailable, ModelUnavailable, UnknownMethod, TensorisationError, IncompatibleChoice) as err:
@@ -50,7 +53,8 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print("interrupted: no record was written for this run", file=sys.stderr)
         sys.exit(130)
-    print(summarise(record, path))
+    if record is not None:  # None on the other ranks of a torchrun launch
+        print(summarise(record, path))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import statistics
 import time
@@ -13,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method
 
+from . import distributed
+from .checkpoints import Checkpointer, checkpoint_path
 from .models import load_classifier
 from .records import adapter_fields, run_identity, write_json_atomic
 from .tasks import load_task
@@ -48,11 +51,51 @@ def check_compatible(cfg: DictConfig) -> None:
         )
 
 
+def record_path(cfg: DictConfig) -> Path:
+    return Path(cfg.output_dir) / f"{cfg.run_name}.json"
+
+
+# Settings that change how a run is executed or logged, not what it computes.
+_NOT_IN_SIGNATURE = {"skip_complete", "logger", "device", "output_dir", "run_name"}
+_NOT_IN_TRAIN_SIGNATURE = {"checkpoint_every", "eval_batch_size"}
+
+
+def run_signature(config: dict[str, Any]) -> str:
+    """What a run computes (model, task, method, training, evaluation, seed), as a stable string."""
+    kept = {k: v for k, v in config.items() if k not in _NOT_IN_SIGNATURE and k != "hydra"}
+    kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k not in _NOT_IN_TRAIN_SIGNATURE}
+    if "eval" in kept:
+        kept["eval"] = {k: v for k, v in kept["eval"].items() if k != "batch_size"}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def is_complete(cfg: DictConfig) -> bool:
+    """This exact run has finished before: its record is complete and was made with the same settings (records are
+    written last and atomically, so a killed run never counts)."""
+    path = record_path(cfg)
+    if not path.exists():
+        return False
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    current = run_signature(OmegaConf.to_container(cfg, resolve=True))
+    return bool(record.get("complete")) and run_signature(record.get("config", {})) == current
+
+
+def run_checkpointer(cfg: DictConfig) -> Checkpointer:
+    return Checkpointer(
+        checkpoint_path(cfg.output_dir, cfg.run_name),
+        int(cfg.train.get("checkpoint_every") or 0),
+        signature=run_signature(OmegaConf.to_container(cfg, resolve=True)),
+    )
+
+
 def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Run the experiment ``cfg`` describes; returns the record and where it was written."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.init_from_env() or resolve_device(cfg.device)
     check_compatible(cfg)
     if cfg.task.get("kind") == "causal":
         from .causal.harness import run_decoder_experiment
@@ -71,10 +114,12 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     heads = list(model_cfg.head_modules)
     peft_kwargs = OmegaConf.to_container(method.peft, resolve=True) if method.get("peft") else {}
     model = apply_method(model, method.name, targets, modules_to_save=heads, **peft_kwargs).to(device)
+    distributed.check_same_buffers(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(cfg.logger, cfg.run_name, config)
+    tracker = Tracker(cfg.logger if distributed.is_main() else {"name": "none"}, cfg.run_name, config)
+    checkpoint = run_checkpointer(cfg)
     eval_kwargs = dict(
         metrics=list(task.metrics),
         max_length=train_cfg.max_length,
@@ -107,9 +152,12 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         warmup_ratio=train_cfg.warmup_ratio,
         weight_decay=train_cfg.weight_decay,
         eval_every=train_cfg.eval_every,
-        evaluate_fn=on_eval,
+        evaluate_fn=on_eval if distributed.is_main() else None,
         log_fn=lambda step, loss: tracker.log({"train/loss": loss}, step=step),
+        checkpoint=checkpoint,
     )
+    if not distributed.is_main():  # rank 0 evaluates and writes the record
+        return None, None
 
     eval_start = time.perf_counter()
     final_validation = evaluate(model, tokenizer, validation, desc="validation", **eval_kwargs)
@@ -147,7 +195,8 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         "peak_memory_gib": peak_memory_gib(device),
         "complete": True,
     }
-    path = write_json_atomic(Path(cfg.output_dir) / f"{cfg.run_name}.json", record)
+    path = write_json_atomic(record_path(cfg), record)
+    checkpoint.remove()
     tracker.log_record(record)
     tracker.finish()
     return record, path

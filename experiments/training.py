@@ -15,6 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import distributed
+from .checkpoints import Checkpointer
 from .metrics import compute
 from .tasks import Example
 
@@ -109,24 +111,37 @@ def train(
     evaluate_fn: Callable[[int], dict[str, Any]] | None = None,
     log_fn: Callable[[int, float], None] | None = None,
     log_every: int = 10,
+    checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """``steps`` optimizer steps of AdamW with linear warm-up and decay, each over ``grad_accum`` micro-batches.
 
     ``make_batch`` turns a list of example indices into model inputs with ``labels``; the model returns ``.loss``.
+    Under torchrun each rank takes its slice of every batch (``distributed.py``). With ``checkpoint``, the state is
+    saved every ``checkpoint.every`` steps and a run that finds a checkpoint continues from it.
     """
     optimizer = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
     amp = autocast_dtype(precision, device)
     trainable = [p for group in param_groups for p in group["params"]]
     result = TrainResult(steps=steps, train_seconds=0.0)
+    first = 1
+    saved = checkpoint.load(model, optimizer, scheduler) if checkpoint else None
+    if saved is not None:
+        first = saved["step"] + 1
+        result.losses, result.evaluations = saved["losses"], saved["evaluations"]
+        result.train_seconds = saved["train_seconds"]
+        for _ in range(saved["step"] * grad_accum):  # replay the batch order up to where the run stopped
+            next(batches)
+        print(f"resuming from {checkpoint.path} at step {first} of {steps}")
+    forward = distributed.wrap(model)
     start = time.perf_counter()
-    bar = tqdm(range(1, steps + 1), desc="train")
+    bar = tqdm(range(first, steps + 1), desc="train", initial=first - 1, total=steps, disable=not distributed.is_main())
     for step in bar:
         model.train()
         step_loss = 0.0
         for _ in range(grad_accum):
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = model(**make_batch(next(batches))).loss / grad_accum
+                loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
             loss.backward()
             step_loss += loss.item()
         if max_grad_norm:
@@ -142,5 +157,9 @@ def train(
             result.train_seconds += time.perf_counter() - start
             result.evaluations.append({"step": step, **evaluate_fn(step)})
             start = time.perf_counter()
+        if checkpoint is not None and checkpoint.due(step, steps) and distributed.is_main():
+            elapsed = result.train_seconds + time.perf_counter() - start
+            state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
+            checkpoint.save(model, optimizer, scheduler, step, state)
     result.train_seconds += time.perf_counter() - start
     return result

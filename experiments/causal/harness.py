@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method
 
-from ..harness import peak_memory_gib
+from .. import distributed
+from ..harness import peak_memory_gib, record_path, run_checkpointer
 from ..records import adapter_fields, run_identity, write_json_atomic
 from ..tracking import Tracker
 from ..training import parameter_groups, train
@@ -76,11 +77,13 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
     peft_kwargs = OmegaConf.to_container(method.peft, resolve=True) if method.get("peft") else {}
     model = apply_method(model, method.name, targets, modules_to_save=[], task_type="CAUSAL_LM", **peft_kwargs)
     model = model.to(device)
+    distributed.check_same_buffers(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lr = method.get("decoder_lr") or method.lr
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(cfg.logger, cfg.run_name, config)
+    tracker = Tracker(cfg.logger if distributed.is_main() else {"name": "none"}, cfg.run_name, config)
+    checkpoint = run_checkpointer(cfg)
     features = [tokenize_example(tokenizer, e["prompt"], e["target"], train_cfg.max_length) for e in data.train]
     steps = train_cfg.max_steps
     global_batch = train_cfg.batch_size * train_cfg.get("grad_accum", 1)
@@ -101,7 +104,10 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
             warmup_ratio=train_cfg.warmup_ratio,
             weight_decay=train_cfg.weight_decay,
             log_fn=lambda step, loss: tracker.log({"train/loss": loss}, step=step),
+            checkpoint=checkpoint,
         )
+    if not distributed.is_main():  # rank 0 evaluates and writes the record
+        return None, None
 
     eval_start = time.perf_counter()
     model.config.use_cache = True
@@ -135,7 +141,8 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
         "peak_memory_gib": peak_memory_gib(device),
         "complete": True,
     }
-    path = write_json_atomic(Path(cfg.output_dir) / f"{cfg.run_name}.json", record)
+    path = write_json_atomic(record_path(cfg), record)
+    checkpoint.remove()
     tracker.log_record(record)
     tracker.finish()
     return record, path

@@ -1,0 +1,235 @@
+"""Long runs and sweeps: checkpoint and resume, skipping finished runs, submitit_local multiruns, DDP equivalence."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from baselines import apply_method
+from experiments import harness
+from experiments.checkpoints import Checkpointer
+from experiments.models import tiny_classifier
+from experiments.training import encode, labels_of, parameter_groups, shuffled_batches, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    ("a wonderful, moving film", 1),
+    ("dull and far too long", 0),
+    ("I loved every minute", 1),
+    ("a waste of an evening", 0),
+    ("sharp, funny and warm", 1),
+    ("the plot makes no sense", 0),
+    ("great acting all round", 1),
+    ("boring from start to end", 0),
+]
+
+
+def _examples():
+    return [{"text_a": t, "text_b": None, "label": y} for t, y in SENTENCES]
+
+
+def _tiny_tera(seed: int = 0):
+    model, tokenizer = tiny_classifier(num_labels=2, seed=seed)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    for module in model.modules():  # no dropout: runs that split batches differently draw no random numbers
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return apply_method(model, "tera", ["query", "value", "dense"], modules_to_save=["classifier"]), tokenizer
+
+
+def _train(model, tokenizer, steps: int, checkpoint=None, log_fn=None, batch_size: int = 4, seen=None):
+    examples = _examples()
+    device = torch.device("cpu")
+    seen = [] if seen is None else seen
+
+    def make_batch(idx):
+        seen.append(len(idx))
+        chunk = [examples[i] for i in idx]
+        return {**encode(tokenizer, chunk, 32, device), "labels": labels_of(chunk, False, device)}
+
+    return train(
+        model,
+        batches=shuffled_batches(len(examples), batch_size, seed=0),
+        make_batch=make_batch,
+        param_groups=parameter_groups(model, 5e-2, 1e-2, ["classifier"]),
+        steps=steps,
+        device=device,
+        warmup_ratio=0.2,
+        log_fn=log_fn,
+        log_every=1,
+        checkpoint=checkpoint,
+    )
+
+
+def _trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
+    reference_model, tokenizer = _tiny_tera()
+    reference = _train(reference_model, tokenizer, steps=6)
+
+    def crash_at_5(step, loss):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    checkpoint = Checkpointer(tmp_path / "run.pt", every=2, signature="same")
+    model, _ = _tiny_tera()
+    with pytest.raises(KeyboardInterrupt):
+        _train(model, tokenizer, steps=6, checkpoint=checkpoint, log_fn=crash_at_5)
+    assert torch.load(tmp_path / "run.pt", weights_only=False)["step"] == 4
+
+    resumed_model, _ = _tiny_tera()  # a fresh process: the same initial weights, the checkpoint on disk
+    resumed = _train(resumed_model, tokenizer, steps=6, checkpoint=checkpoint)
+    assert resumed.losses == pytest.approx(reference.losses, rel=1e-6, abs=1e-7)
+    expected, got = _trainable(reference_model), _trainable(resumed_model)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7)
+
+    stale = Checkpointer(tmp_path / "run.pt", every=2, signature="other settings")
+    other_model, _ = _tiny_tera()
+    assert len(_train(other_model, tokenizer, steps=6, checkpoint=stale).losses) == 6  # started over
+
+
+# ---------------------------------------------------------------- through run.py: skip, resume, launchers
+
+
+def _tweets_csv(folder: Path) -> str:
+    path = folder / "tweets.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(SENTENCES * 2)
+    return str(path)
+
+
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def _common(tmp_path, data: str):
+    files = f"task.data_files={{train: {data}, validation: {data}, test: {data}}}"
+    return ["model=tiny", files, "train.max_steps=4", "train.batch_size=4", "logger=none", f"output_dir={tmp_path}"]
+
+
+def test_finished_runs_are_skipped_and_changed_settings_rerun(tmp_path):
+    args = _common(tmp_path / "runs", _tweets_csv(tmp_path))
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr
+    record = tmp_path / "runs" / "tera-sentiment-tweets-tiny-s0.json"
+    stamp = record.stat().st_mtime_ns
+    again = _cli(*args)
+    assert again.returncode == 0 and "skip tera-sentiment-tweets-tiny-s0" in again.stdout
+    assert record.stat().st_mtime_ns == stamp
+    changed = _cli(*args, "method.lr=1e-3")
+    assert changed.returncode == 0 and "skip tera" not in changed.stdout
+    assert json.loads(record.read_text())["config"]["method"]["lr"] == 1e-3
+    assert not (tmp_path / "runs" / ".checkpoints" / "tera-sentiment-tweets-tiny-s0.pt").exists()
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_a_killed_run_writes_no_record_and_the_next_launch_resumes(tmp_path, monkeypatch, capsys):
+    data = _tweets_csv(tmp_path)
+    cfg = _compose(*_common(tmp_path / "runs", data), "train.max_steps=6", "train.checkpoint_every=2")
+    real_train = harness.train
+
+    def preempted(*args, **kwargs):
+        def stop_at_5(step, loss):
+            if step == 5:
+                raise KeyboardInterrupt  # what a Slurm preemption signal does to the process
+
+        return real_train(*args, **{**kwargs, "log_fn": stop_at_5, "log_every": 1})
+
+    monkeypatch.setattr(harness, "train", preempted)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_experiment(cfg)
+    assert list((tmp_path / "runs").glob("*.json")) == []
+    checkpoint = tmp_path / "runs" / ".checkpoints" / f"{cfg.run_name}.pt"
+    assert checkpoint.exists()
+
+    monkeypatch.setattr(harness, "train", real_train)
+    record, path = harness.run_experiment(cfg)
+    assert "resuming from" in capsys.readouterr().out
+    assert record["complete"] and record["steps"] == 6 and path.exists() and not checkpoint.exists()
+
+
+def test_submitit_local_multirun_of_two_tiny_jobs(tmp_path):
+    args = _common(tmp_path / "runs", _tweets_csv(tmp_path))
+    result = _cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "method=tera,lora",
+        *args,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))
+    assert records == ["lora-sentiment-tweets-tiny-s0.json", "tera-sentiment-tweets-tiny-s0.json"]
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # they ran as submitit jobs
+
+    again = _cli(
+        "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep2'}", "method=tera,lora", *args
+    )
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep2" / ".submitit").glob("*/*_log.out"))
+    assert again.returncode == 0 and logs.count("skip ") == 2
+
+
+# ---------------------------------------------------------------- data parallel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from experiments import distributed
+
+    distributed.init_from_env()
+    torch.manual_seed(0)
+    model, tokenizer = _tiny_tera()
+    distributed.check_same_buffers(model)
+    seen: list[int] = []
+    _train(model, tokenizer, steps=5, seen=seen)
+    if rank == 0:
+        torch.save({"trainable": _trainable(model), "batch_sizes": seen}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_give_the_lambdas_of_one_process_with_the_same_global_batch(tmp_path):
+    torch.manual_seed(0)
+    single, tokenizer = _tiny_tera()
+    _train(single, tokenizer, steps=5)
+    out = tmp_path / "ddp.pt"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    saved = torch.load(out, weights_only=False)
+    assert saved["batch_sizes"] == [2] * 5  # each rank ran half of every global batch of 4
+    parallel, expected = saved["trainable"], _trainable(single)
+    assert parallel.keys() == expected.keys() and any("tera_lambda" in n for n in expected)
+    for name in expected:
+        torch.testing.assert_close(parallel[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_slurm_launcher_options_compose():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab"]
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.account == "lab"
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0 and launcher.array_parallelism == 16
