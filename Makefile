@@ -69,6 +69,14 @@ decoder-offline: $(STAMP)  ## SmolLM2-135M before / after TeRA and LoRA (60 step
 	  --metric test_gsm8k_lmeval_exact_match_flexible --task math/gsm8k \
 	  --title "SmolLM2-135M on GSM8K (offline stand-in split; lm-eval flexible exact match, 50 problems)"
 
+# make reproduce-table<N> [LAUNCHER=submitit_local|slurm] [ARGS="hydra.launcher.partition=gpu ..."], N = 1..5; and
+# make reproduce-table<N>-smoke for the offline variant (minutes here). Finished runs are skipped on a rerun.
+reproduce-table%-smoke: $(STAMP)
+	$(PY) -m experiments.reproduce table$* --smoke $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(ARGS),-- $(ARGS))
+
+reproduce-table%: $(STAMP)
+	$(PY) -m experiments.reproduce table$* $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(ARGS),-- $(ARGS))
+
 bench: $(STAMP)  ## efficiency report of every method at small shapes on this machine -> results/efficiency.md
 	$(PY) -m experiments.benchmarks.efficiency --preset cpu-small
 

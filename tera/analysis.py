@@ -154,3 +154,28 @@ def adapter_report(model: nn.Module, adapter_name: str | None = None, measure_ra
             )
         )
     return reports
+
+
+def delta_spectrum(model: nn.Module, which: str = "middle", adapter_name: str | None = None) -> dict | None:
+    """Singular values (float64, descending) of one adapted layer's effective dW: the ``first``, ``middle`` or
+    ``last`` adapted layer in module order, or the layer whose name ends with ``which``. None without adapters."""
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "get_delta_weight")
+    ]
+    layers = [(n, m) for n, m in layers if trainable_count(m, adapter_name or m.active_adapters[0]) > 0]
+    if not layers:
+        return None
+    picks = {"first": 0, "middle": len(layers) // 2, "last": len(layers) - 1}
+    if which in picks:
+        name, module = layers[picks[which]]
+    else:
+        matches = [(n, m) for n, m in layers if n.endswith(which)]
+        if not matches:
+            raise ValueError(f"No adapted layer ends with {which!r}.")
+        name, module = matches[0]
+    with torch.no_grad():
+        delta = effective_delta(module, adapter_name or module.active_adapters[0])
+        values = torch.linalg.svdvals(delta.detach().to(torch.float64))
+    return {"layer": name.removeprefix("base_model.model."), "singular_values": values.tolist()}

@@ -1,0 +1,114 @@
+"""Rebuild a paper table: run its grid through run.py (Hydra multirun), then render it and its plots.
+
+python -m experiments.reproduce table2 --smoke                        # offline models, minutes on a CPU
+python -m experiments.reproduce table2 --launcher slurm -- hydra.launcher.partition=gpu hydra.launcher.account=lab
+python -m experiments.reproduce table3 --render-only                  # re-render from the records there are
+
+Runs whose records are complete with the same settings are skipped (run.py's skip_complete), so an interrupted or
+partly failed sweep is finished by running the same command again. Records land in results/runs/<table>[-smoke]/,
+the table in results/<table>[-smoke].md/.csv, plots in results/plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from . import plots
+from .paper_tables import accuracy_rows, read_records, write_spec_table
+from .specs import SpecError, TableSpec, available, load_spec, slug
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHERS = ("basic", "submitit_local", "slurm")
+
+
+def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: list[str]) -> list[list[str]]:
+    """One Hydra multirun per (variant, model, task): methods and seeds are swept inside it.
+
+    Grouping keeps each sweep's overrides rectangular (Hydra sweeps a Cartesian product) while run names stay
+    explicit per run, so records from any launcher land under the same names.
+    """
+    groups: dict[tuple, list] = defaultdict(list)
+    for run in spec.runs():
+        groups[(run.variant, run.model, run.task)].append(run)
+    commands = []
+    for (variant, model, task), runs in groups.items():
+        methods = sorted({r.method for r in runs}, key=[r.method for r in runs].index)
+        seeds = sorted({r.seed for r in runs})
+        suffix = f"-{slug(variant.label)}" if variant.label else ""
+        run_name = "${method.name}-" + task.replace("/", "-") + f"-{model}-s${{seed}}{suffix}"
+        command = [sys.executable, "run.py", "-m", f"model={model}", f"task={task}"]
+        command += [f"method={','.join(methods)}", f"seed={','.join(map(str, seeds))}"]
+        command += [*spec.overrides, *variant.overrides, f"output_dir={output_dir}", f"run_name={run_name}"]
+        command += ["logger=none"] if not any(a.startswith("logger=") for a in extra) else []
+        if launcher != "basic":
+            command.append(f"hydra/launcher={launcher}")
+        commands.append(command + extra)
+    return commands
+
+
+def render(spec: TableSpec, records_dir: Path, results: Path) -> str:
+    markdown = write_spec_table(spec, records_dir, results / spec.tag)
+    if spec.kind == "accuracy":
+        records = read_records(records_dir)
+        rows = accuracy_rows(spec, records)
+        main = spec.reference["column"] if spec.reference else spec.columns[-1].label
+        plots.accuracy_vs_parameters(rows, main, spec.title, results / "plots" / f"{spec.tag}-accuracy-vs-params.png")
+        wanted = {r.name for r in spec.runs()}
+        plots.spectra(
+            [rec for name, rec in records.items() if name in wanted], results / "plots" / f"{spec.tag}-spectra.png"
+        )
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", help=f"one of: {', '.join(available())}")
+    parser.add_argument("--smoke", action="store_true", help="the spec's offline variant")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="basic", help="basic = sequential, here")
+    parser.add_argument("--render-only", action="store_true", help="render from existing records, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run (after --)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.table, smoke=args.smoke)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    records_dir = args.results / "runs" / spec.tag
+    started = time.perf_counter()
+    if not args.render_only:
+        if spec.kind == "properties":
+            if args.dry_run:
+                print(f"measure {spec.grid['model']} x {spec.grid['method']} -> {records_dir}")
+            else:
+                from .properties import run_properties
+
+                run_properties(list(spec.grid["model"]), list(spec.grid["method"]), records_dir)
+        else:
+            for command in multirun_commands(spec, records_dir, args.launcher, args.extra):
+                print("$ " + " ".join(command[1:]), flush=True)
+                if args.dry_run:
+                    continue
+                if subprocess.run(command, cwd=ROOT).returncode != 0:
+                    print(
+                        f"error: a run of {spec.tag} failed; fix it and run the same command again (finished runs "
+                        f"are skipped).",
+                        file=sys.stderr,
+                    )
+                    render(spec, records_dir, args.results)
+                    return 1
+    if args.dry_run:
+        return 0
+    print(render(spec, records_dir, args.results))
+    print(f"{spec.tag}: {time.perf_counter() - started:.0f} s; records in {records_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
