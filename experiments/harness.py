@@ -20,7 +20,7 @@ from .models import load_classifier
 from .records import adapter_fields, run_identity, write_json_atomic
 from .tasks import load_task
 from .tracking import Tracker
-from .training import encode, evaluate, labels_of, parameter_groups, shuffled_batches, train
+from .training import TrainResult, encode, evaluate, labels_of, parameter_groups, shuffled_batches, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,6 +89,34 @@ def run_checkpointer(cfg: DictConfig) -> Checkpointer:
         int(cfg.train.get("checkpoint_every") or 0),
         signature=run_signature(OmegaConf.to_container(cfg, resolve=True)),
     )
+
+
+def finish_run(
+    cfg: DictConfig,
+    record: dict[str, Any],
+    result: TrainResult | None,
+    eval_seconds: float,
+    started: float,
+    device: torch.device,
+    checkpoint: Checkpointer,
+    tracker: Tracker,
+) -> tuple[dict[str, Any], Path]:
+    """Add the loss and cost fields, write the record (atomically, last), drop the checkpoint, log the tables."""
+    losses = result.losses if result else []
+    record |= {
+        "loss_first": losses[0] if losses else None,
+        "loss_last_20": statistics.fmean(losses[-20:]) if losses else None,
+        "train_seconds": result.train_seconds if result else 0.0,
+        "eval_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_memory_gib": peak_memory_gib(device),
+        "complete": True,
+    }
+    path = write_json_atomic(record_path(cfg), record)
+    checkpoint.remove()
+    tracker.log_record(record)
+    tracker.finish()
+    return record, path
 
 
 def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
@@ -187,16 +215,5 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
             **{f"validation_{k}": v for k, v in final_validation.items()},
             **{f"test_{k}": v for k, v in final_test.items()},
         },
-        "loss_first": result.losses[0],
-        "loss_last_20": statistics.fmean(result.losses[-20:]),
-        "train_seconds": result.train_seconds,
-        "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "peak_memory_gib": peak_memory_gib(device),
-        "complete": True,
     }
-    path = write_json_atomic(record_path(cfg), record)
-    checkpoint.remove()
-    tracker.log_record(record)
-    tracker.finish()
-    return record, path
+    return finish_run(cfg, record, result, eval_seconds, started, device, checkpoint, tracker)

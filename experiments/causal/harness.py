@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from baselines import apply_method
 
 from .. import distributed
-from ..harness import peak_memory_gib, record_path, run_checkpointer
-from ..records import adapter_fields, run_identity, write_json_atomic
+from ..harness import finish_run, run_checkpointer
+from ..records import adapter_fields, run_identity
 from ..tracking import Tracker
 from ..training import parameter_groups, train
 from .batching import bucketed_batches, collate, tokenize_example
@@ -133,16 +133,5 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
         "evaluations": [{"step": steps, "test": per_task}],
         "final_metrics": final_metrics,
         "generations": {name: rows[:20] for name, rows in samples.items()},  # a few, to see what the model wrote
-        "loss_first": result.losses[0] if result else None,
-        "loss_last_20": statistics.fmean(result.losses[-20:]) if result else None,
-        "train_seconds": result.train_seconds if result else 0.0,
-        "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "peak_memory_gib": peak_memory_gib(device),
-        "complete": True,
     }
-    path = write_json_atomic(record_path(cfg), record)
-    checkpoint.remove()
-    tracker.log_record(record)
-    tracker.finish()
-    return record, path
+    return finish_run(cfg, record, result, eval_seconds, started, device, checkpoint, tracker)
