@@ -135,7 +135,8 @@ def render_properties(spec: TableSpec, records: dict[str, dict[str, Any]], prove
             )
     lines += [
         "",
-        "Trainable values drawn at random (no training): the rank each method can reach. `*-shapes`: one "
+        "Trainable values moved by a random step from their initial values (no training): the rank each method can "
+        "reach. `*-shapes`: one "
         "decoder layer of the real dimensions, counts scaled to the model's depth.",
     ]
     return "\n".join(lines) + "\n", rows

@@ -1,9 +1,10 @@
 """Table 1: per model and method, trainable parameters, rank bound and measured rank of dW, without training.
 
 Each method's adapter (its ``conf/method`` options) is put on the model's default target modules, its trainable
-values are drawn at random, so the measured rank is the rank the method can reach, and every adapted layer's
-effective dW (merged minus base for DoRA and HiRA) is measured by a float64 SVD. Decoder layers are identical across
-depth, so the ``*-shapes`` models are one decoder layer of the real dimensions with random weights.
+values take a random step (N(0, 0.02^2)) from their initial values, so the measured rank is the rank the method can
+reach, and every adapted layer's effective dW (merged minus base for DoRA and HiRA) is measured by a float64 SVD.
+Decoder layers are identical across depth, so the ``*-shapes`` models are one decoder layer of the real dimensions
+with random weights.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def measure(model_name: str, method: str) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in adapted.parameters():
-            if parameter.requires_grad:  # random values: the rank the method can reach, not its start (often 0)
-                parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.02)
+            if parameter.requires_grad:  # a random step away from the start (where dW is often 0): the reachable rank
+                noise = torch.randn(parameter.shape, generator=generator).to(parameter.dtype)
+                parameter.add_(0.02 * noise)
     layers = [r.as_dict() for r in adapter_report(adapted)]
     return {
         "table": "properties",

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from peft.tuners.hira import HiraLayer
+from peft.tuners.lokr import LoKrLayer
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.tuners.vera import VeraLayer
@@ -77,6 +78,23 @@ register_effective_delta(
     lambda layer, name: merged_minus_base(layer, name) if _uses_dora(layer, name) else layer.get_delta_weight(name),
 )
 register_effective_delta(HiraLayer, merged_minus_base)
+
+
+def _lokr_factor_rank(layer: BaseTunerLayer, name: str, which: str) -> int:
+    full = getattr(layer, f"lokr_{which}")
+    if name in full:
+        return min(full[name].shape)
+    a, b = getattr(layer, f"lokr_{which}_a")[name], getattr(layer, f"lokr_{which}_b")[name]  # (m, r) @ (r, n)
+    return min(a.shape[0], a.shape[1], b.shape[1])
+
+
+# LoKr: dW = kron(W1, W2), and rank(kron(A, B)) = rank(A) rank(B).
+register_rank_bound(
+    LoKrLayer,
+    lambda layer, name: min(
+        _lokr_factor_rank(layer, name, "w1") * _lokr_factor_rank(layer, name, "w2"), *_shape(layer)
+    ),
+)
 
 
 def rank_bound(layer: BaseTunerLayer, adapter_name: str) -> int:

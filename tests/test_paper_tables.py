@@ -138,6 +138,8 @@ def test_properties_table_on_minilm(tmp_path):
     assert record["median_rank_bound"] == 384 and record["median_rank"] >= 0.9 * 384 and record["trainable_params"] > 0
     vera = measure("minilm", "vera")
     assert vera["median_rank"] <= 256 and vera["median_rank_bound"] == 256
+    lokr = measure("minilm", "lokr")  # kron(W1, W2): the bound is rank(W1) rank(W2), and it is reached
+    assert lokr["median_rank"] == lokr["median_rank_bound"] < 384
 
 
 def test_reproduce_renders_only_from_existing_records(tmp_path):
