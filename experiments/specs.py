@@ -1,8 +1,8 @@
 """Paper tables as data: ``experiments/specs/table<N>.yaml`` declares the grid, the columns and the published
 reference numbers; this module reads a spec and expands it into runs (each one ``run.py`` invocation's overrides).
 
-A spec's ``smoke`` section replaces any of ``title``, ``grid``, ``overrides``, ``columns`` and ``reference`` for
-the variant that runs here on the offline models in minutes.
+A spec's ``smoke`` section gives ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference``) of
+the variant that runs here on the offline models in minutes; it keeps the table's ablation ``variants``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,10 @@ def load_spec(name: str, smoke: bool = False, folder: Path = SPECS) -> TableSpec
     if smoke:
         if not raw.get("smoke"):
             raise SpecError(f"Table spec {name} has no smoke variant.")
-        raw = {**raw, **raw["smoke"]}
+        # The smoke variant keeps the table's identity and ablation variants; the rest is its own (no reference
+        # numbers unless it names some: published figures are not about the offline models).
+        kept = {k: raw[k] for k in ("name", "kind", "variants") if k in raw}
+        raw = {**kept, "reference": None, **raw["smoke"]}
     return parse_spec(raw, smoke)
 
 
