@@ -60,12 +60,15 @@ def spectra(records: list[dict[str, Any]], out: Path, methods: tuple[str, ...] =
             values = [v for v in record["spectrum"]["singular_values"] if v > 0]
             if not values:
                 continue
-            ax.plot(range(1, len(values) + 1), [v / values[0] for v in values], label=f"{method} (rank {len(values)})")
-        layer = next(r["spectrum"]["layer"] for (m, _), r in chosen.items() if m == model)
+            layer = record["spectrum"]["layer"]
+            rank = next((row["rank"] for row in record.get("layers", []) if row["name"] == layer), None)
+            label = f"{method} (measured rank {rank})" if rank is not None else method
+            ax.plot(range(1, len(values) + 1), [v / values[0] for v in values], label=label)
+        shown = next(r["spectrum"]["layer"] for (m, _), r in chosen.items() if m == model)
         ax.set_yscale("log")
         ax.set_xlabel("index i")
         ax.set_ylabel("s_i / s_1 of dW")
-        ax.set_title(f"{model}: {layer}", fontsize=9)
+        ax.set_title(f"{model}: {shown}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
