@@ -52,7 +52,7 @@ def summarise_groups(records: Iterable[dict[str, Any]], metric: str) -> list[dic
                 "seeds": sorted(r["seed"] for r in runs),
                 "mean": mean,
                 "std": std,
-                "trainable_params": runs[0]["trainable_params"],
+                "trainable_params": 0 if runs[0].get("steps") == 0 else runs[0]["trainable_params"],  # nothing trained
                 "median_rank": statistics.median(ranks) if ranks else None,
                 "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
             }
