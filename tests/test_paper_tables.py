@@ -163,3 +163,21 @@ def test_reproduce_renders_only_from_existing_records(tmp_path):
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "table3-smoke.md").read_text()
     assert "| minilm | tera | missing |" in table and "6 of 6 runs have no complete record yet." in table
+
+
+def test_every_run_of_every_table_composes_with_hydra():
+    """The overrides a table passes to run.py (grid, spec, variants) are valid Hydra overrides for the config."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for name in available():
+            for smoke in (False, True):
+                spec = load_spec(name, smoke=smoke)
+                seen = set()
+                for run in spec.runs():
+                    key = (run.variant, run.model, run.task, run.method)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    cfg = compose(config_name="config", overrides=run.overrides("/tmp/out"))
+                    assert cfg.run_name == run.name
