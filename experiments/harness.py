@@ -20,7 +20,7 @@ from .models import load_classifier
 from .records import adapter_fields, run_identity, write_json_atomic
 from .tasks import load_task
 from .tracking import Tracker
-from .training import TrainResult, encode, evaluate, labels_of, parameter_groups, shuffled_batches, train
+from .training import TrainResult, encode, evaluate, labels_of, loop_options, parameter_groups, shuffled_batches, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -174,11 +174,7 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         param_groups=parameter_groups(model, method.lr, None if method.name == "full" else train_cfg.head_lr, heads),
         steps=steps,
         device=device,
-        grad_accum=train_cfg.get("grad_accum", 1),
-        precision=train_cfg.get("precision", "fp32"),
-        max_grad_norm=train_cfg.get("max_grad_norm"),
-        warmup_ratio=train_cfg.warmup_ratio,
-        weight_decay=train_cfg.weight_decay,
+        **loop_options(train_cfg),
         eval_every=train_cfg.eval_every,
         evaluate_fn=on_eval if distributed.is_main() else None,
         log_fn=lambda step, loss: tracker.log({"train/loss": loss}, step=step),

@@ -94,6 +94,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def loop_options(train_cfg: Any) -> dict[str, Any]:
+    """The optimisation settings of a ``conf/train`` entry that :func:`train` takes as they are."""
+    return {
+        "grad_accum": train_cfg.get("grad_accum", 1),
+        "precision": train_cfg.get("precision", "fp32"),
+        "max_grad_norm": train_cfg.get("max_grad_norm"),
+        "warmup_ratio": train_cfg.warmup_ratio,
+        "weight_decay": train_cfg.weight_decay,
+    }
+
+
 def train(
     model: nn.Module,
     *,

@@ -17,7 +17,7 @@ from .. import distributed
 from ..harness import finish_run, run_checkpointer
 from ..records import adapter_fields, run_identity
 from ..tracking import Tracker
-from ..training import parameter_groups, train
+from ..training import loop_options, parameter_groups, train
 from .batching import bucketed_batches, collate, tokenize_example
 from .generation import evaluate_by_generation
 from .lmeval import evaluate_with_lm_eval
@@ -98,11 +98,7 @@ def run_decoder_experiment(cfg: DictConfig, device: torch.device) -> tuple[dict[
             param_groups=parameter_groups(model, lr, None, []),
             steps=steps,
             device=device,
-            grad_accum=train_cfg.get("grad_accum", 1),
-            precision=train_cfg.get("precision", "fp32"),
-            max_grad_norm=train_cfg.get("max_grad_norm"),
-            warmup_ratio=train_cfg.warmup_ratio,
-            weight_decay=train_cfg.weight_decay,
+            **loop_options(train_cfg),
             log_fn=lambda step, loss: tracker.log({"train/loss": loss}, step=step),
             checkpoint=checkpoint,
         )
