@@ -69,6 +69,7 @@ def accuracy_rows(spec: TableSpec, records: dict[str, dict[str, Any]]) -> list[d
                 complete = len(column_means) == len([c for c in spec.columns if not c.average])
                 row[column.label] = [statistics.fmean(column_means)] if complete else []
         row["trainable_params"] = found[0]["trainable_params"] if found else None
+        row["frozen_factor_values"] = found[0].get("frozen_factor_values") if found else None
         ranks = [r["median_rank"] for r in found if r.get("median_rank") is not None]
         row["median_rank"] = statistics.median(ranks) if ranks else None
         row["runs_found"], row["runs_expected"] = len(found), len(runs)
@@ -95,7 +96,9 @@ def render_accuracy(spec: TableSpec, rows: list[dict[str, Any]], provenance: str
     has_variants = any(row["variant"] for row in rows)
     ref_label = f"reference {spec.reference['column']}" if spec.reference else None
     head = ["variant"] if has_variants else []
-    head += ["model", "method", *[c.label for c in spec.columns], "trainable params", "median rank of dW"]
+    head += ["model", "method", *[c.label for c in spec.columns], "trainable params"]
+    head += ["frozen random values"] if spec.show_frozen else []
+    head += ["median rank of dW"]
     head += [ref_label] if ref_label else []
     lines = [f"# {spec.title}", "", provenance, "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
@@ -103,6 +106,9 @@ def render_accuracy(spec: TableSpec, rows: list[dict[str, Any]], provenance: str
         cells += [row["model"], row["method"]]
         cells += [_cell(row[c.label], _expected(c, row, spec)) for c in spec.columns]
         cells.append(f"{row['trainable_params']:,}" if row["trainable_params"] is not None else "missing")
+        if spec.show_frozen:
+            frozen = row["frozen_factor_values"]
+            cells.append("—" if frozen is None else f"{frozen:,}")
         rank = row["median_rank"]
         cells.append("full FT" if rank is None and row["method"] == "full" else ("—" if rank is None else f"{rank:g}"))
         if ref_label:
@@ -117,27 +123,32 @@ def render_accuracy(spec: TableSpec, rows: list[dict[str, Any]], provenance: str
 
 
 def render_properties(spec: TableSpec, records: dict[str, dict[str, Any]], provenance: str) -> tuple[str, list]:
-    head = ["model", "method", "trainable params", "median rank bound", "median rank of dW", "min rank", "layers"]
+    head = ["model", "method", "trainable params", "frozen random values", "median rank bound", "median rank of dW"]
+    head += ["min rank", "layers"]
     lines = [f"# {spec.title}", "", provenance, "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     rows = []
     for model in spec.grid["model"]:
         for method in spec.grid["method"]:
             record = records.get(f"{method}-{model}")
             if record is None:
-                lines.append(f"| {model} | {method} | missing | | | | |")
+                lines.append(f"| {model} | {method} | missing | | | | | |")
                 continue
             row = {k: record[k] for k in ("model", "method", "trainable_params", "median_rank_bound", "median_rank")}
             row |= {"min_rank": record["min_rank"], "layers": len(record["layers"]) * record["depth_multiplier"]}
+            row["frozen_factor_values"] = record.get("frozen_factor_values")
+            frozen = "—" if row["frozen_factor_values"] is None else f"{row['frozen_factor_values']:,}"
             rows.append(row)
             lines.append(
-                f"| {model} | {method} | {row['trainable_params']:,} | {row['median_rank_bound']:g} | "
+                f"| {model} | {method} | {row['trainable_params']:,} | {frozen} | {row['median_rank_bound']:g} | "
                 f"{row['median_rank']:g} | {row['min_rank']} | {row['layers']} |"
             )
     lines += [
         "",
         "Trainable values moved by a random step from their initial values (no training): the rank each method can "
         "reach. `*-shapes`: one "
-        "decoder layer of the real dimensions, counts scaled to the model's depth.",
+        "decoder layer of the real dimensions, counts scaled to the model's depth. Frozen random values: the shared "
+        "factors or projections kept beside the model (TeRA, VeRA, RandLoRA), not scaled by depth since every layer "
+        "uses the same ones.",
     ]
     return "\n".join(lines) + "\n", rows
 
@@ -183,5 +194,6 @@ def _csv_row(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
         flat[f"{column.label} mean"] = 100 * statistics.fmean(values) if values else None
         flat[f"{column.label} std"] = 100 * _mean_std(values)[1] if values else None
         flat[f"{column.label} n"] = len(values)
-    flat |= {k: row[k] for k in ("trainable_params", "median_rank", "reference", "runs_found", "runs_expected")}
+    keys = ("trainable_params", "frozen_factor_values", "median_rank", "reference", "runs_found", "runs_expected")
+    flat |= {k: row[k] for k in keys}
     return flat

@@ -63,6 +63,7 @@ def method_options(method: str) -> dict[str, Any]:
 
 def measure(model_name: str, method: str) -> dict[str, Any]:
     from tera import adapter_report
+    from tera.analysis import frozen_factor_values
 
     started = time.perf_counter()
     model, targets, depth = build_model(model_name)
@@ -83,6 +84,8 @@ def measure(model_name: str, method: str) -> dict[str, Any]:
         "median_rank_bound": statistics.median(layer["rank_bound"] for layer in layers),
         "median_rank": statistics.median(layer["rank"] for layer in layers),
         "min_rank": min(layer["rank"] for layer in layers),
+        # Not scaled by depth: the shared factors and projections of TeRA, VeRA and RandLoRA serve every layer.
+        "frozen_factor_values": frozen_factor_values(adapted),
         "layers": layers,
         "environment": environment("cpu"),
         "wall_seconds": time.perf_counter() - started,

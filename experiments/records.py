@@ -57,18 +57,23 @@ def run_identity(cfg: Any, config: dict[str, Any], device: torch.device | str | 
 
 
 def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
-    """Per-layer trainable count, rank bound and measured rank of dW, the median rank, and the singular values of
-    the middle adapted layer's dW (none of these for full FT)."""
-    from tera.analysis import adapter_report, delta_spectrum
+    """Per-layer trainable count, rank bound and measured rank of dW, the median rank, the singular values of the
+    middle adapted layer's dW (none of these for full FT), and the frozen random values the adapter keeps."""
+    from tera.analysis import adapter_report, delta_spectrum, frozen_factor_values
 
     if method == "full":
-        return {"layers": [], "median_rank": None, "spectrum": None}
+        return {"layers": [], "median_rank": None, "spectrum": None, "frozen_factor_values": 0}
     layers = [r.as_dict() for r in adapter_report(model)]
     ranks = [layer["rank"] for layer in layers]
     spectrum = delta_spectrum(model)  # one layer's singular values of dW, for the spectra plots
     if spectrum is not None:
         spectrum["singular_values"] = [float(f"{v:.6g}") for v in spectrum["singular_values"]]
-    return {"layers": layers, "median_rank": statistics.median(ranks) if ranks else None, "spectrum": spectrum}
+    return {
+        "layers": layers,
+        "median_rank": statistics.median(ranks) if ranks else None,
+        "spectrum": spectrum,
+        "frozen_factor_values": frozen_factor_values(model),
+    }
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

@@ -2,7 +2,8 @@
 reference numbers; this module reads a spec and expands it into runs (each one ``run.py`` invocation's overrides).
 
 A spec's ``smoke`` section gives ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference``) of
-the variant that runs here on the offline models in minutes; it keeps the table's ablation ``variants``.
+the variant that runs here on the offline models in minutes; it keeps the table's ablation ``variants`` and
+``show_frozen`` (a column of the frozen random values each adapter keeps, for the factor-sharing ablation).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class TableSpec:
     columns: list[Column] = field(default_factory=list)
     variants: list[Variant] = field(default_factory=lambda: [Variant("")])
     reference: dict[str, Any] | None = None
+    show_frozen: bool = False  # a "frozen random values" column (factor sharing ablations)
     smoke: bool = False
 
     @property
@@ -110,7 +112,7 @@ def load_spec(name: str, smoke: bool = False, folder: Path = SPECS) -> TableSpec
             raise SpecError(f"Table spec {name} has no smoke variant.")
         # The smoke variant keeps the table's identity and ablation variants; the rest is its own (no reference
         # numbers unless it names some: published figures are not about the offline models).
-        kept = {k: raw[k] for k in ("name", "kind", "variants") if k in raw}
+        kept = {k: raw[k] for k in ("name", "kind", "variants", "show_frozen") if k in raw}
         raw = {**kept, "reference": None, **raw["smoke"]}
     return parse_spec(raw, smoke)
 
@@ -137,5 +139,6 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         columns=columns,
         variants=variants or [Variant("")],
         reference=raw.get("reference"),
+        show_frozen=bool(raw.get("show_frozen", False)),
         smoke=smoke,
     )

@@ -197,3 +197,22 @@ def delta_spectrum(model: nn.Module, which: str = "middle", adapter_name: str | 
         delta = effective_delta(module, adapter_name or module.active_adapters[0])
         values = torch.linalg.svdvals(delta.detach().to(torch.float64))
     return {"layer": name.removeprefix("base_model.model."), "singular_values": values.tolist()}
+
+
+def frozen_factor_values(model: nn.Module) -> int:
+    """Number of frozen random values an adapter keeps beside the base model (TeRA's factors, VeRA's and RandLoRA's
+    projections): the elements of every PEFT ``BufferDict``, each storage counted once however many layers refer to
+    it.  Zero for LoRA-like methods; what sharing TeRA's factors across layers saves."""
+    from peft.tuners._buffer_dict import BufferDict
+
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for module in model.modules():
+        if not isinstance(module, BufferDict):
+            continue
+        for tensor in module.values():
+            key = (str(tensor.device), tensor.untyped_storage().data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += tensor.numel()
+    return total

@@ -49,6 +49,11 @@ class TeraConfig(PeftConfig):
             ``False`` draws every diagonal around ``init_lambda`` with no zero one (``dW != 0``); for tests only.
         projection_prng_key (`int`, defaults to `0`):
             Seed of the shared frozen factors.  All TeRA adapters on one model share factors and must use the same key.
+        share_factors (`bool`, defaults to `True`):
+            ``True``: one core and set of factor matrices per tensor plan, shared by every layer with that plan (the
+            TeRA design: frozen memory does not grow with depth).  ``False``: every layer draws its own factors from
+            a stream named after the layer, an ablation; same trained values and rank bound, but the frozen factors
+            then cost about one extra weight per adapted layer for a full core.
         save_projection (`bool`, defaults to `False`):
             Store the shared factors in the adapter file.  A full core is as large as the weight itself (hundreds of
             MB for a 7B model), so by default they are regenerated from the key and only a checksum is stored.
@@ -84,6 +89,9 @@ class TeraConfig(PeftConfig):
     zero_init_mode: int = field(default=0, metadata={"help": "Mode whose diagonal starts at zero (dW = 0)."})
     init_weights: bool = field(default=True, metadata={"help": "False: random non-zero diagonals (tests only)."})
     projection_prng_key: int = field(default=0, metadata={"help": "Seed of the shared frozen factors."})
+    share_factors: bool = field(
+        default=True, metadata={"help": "Share factors across layers with one tensor plan (False: per layer)."}
+    )
     save_projection: bool = field(default=False, metadata={"help": "Store shared factors in the adapter file."})
     projection_checksums: dict[str, str] = field(
         default_factory=dict, metadata={"help": "Digest per tensor plan of the regenerated shared factors."}

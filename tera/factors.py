@@ -1,7 +1,8 @@
 """The frozen, shared random factors of TeRA: a core tensor and one factor matrix per mode.
 
-They are regenerated from ``projection_prng_key`` on a CPU generator, one independent stream per tensor plan, so the
-factors of a shape do not depend on which other shapes a model has.  A short checksum of the float32 values lets a
+They are regenerated from ``projection_prng_key`` on a CPU generator, one independent stream per factor group (the
+tensor plan when factors are shared, the plan and the layer's name when they are not), so the factors of one group do
+not depend on which other groups a model has.  A short checksum of the float32 values lets a
 reload that regenerates different numbers (another PyTorch version, another key) fail loudly.
 """
 
@@ -25,8 +26,8 @@ class SharedFactors:
     factors: list[torch.Tensor]
 
 
-def _seed(prng_key: int, plan: TensorPlan) -> int:
-    return (int(prng_key) * 1_000_003 + zlib.crc32(plan.key.encode())) % (2**63)
+def _seed(prng_key: int, stream: str) -> int:
+    return (int(prng_key) * 1_000_003 + zlib.crc32(stream.encode())) % (2**63)
 
 
 def _orthonormal_columns(gaussian: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,11 @@ def _orthonormal_columns(gaussian: torch.Tensor) -> torch.Tensor:
     return (q * signs).to(torch.float32)
 
 
-def generate_factors(plan: TensorPlan, prng_key: int) -> SharedFactors:
+def generate_factors(plan: TensorPlan, prng_key: int, stream: str | None = None) -> SharedFactors:
     """Draw the core and factor matrices of ``plan`` in float32 on the CPU.
+
+    ``stream`` names the random stream (default ``plan.key``: every layer with this plan gets the same factors);
+    TeRA without sharing passes a name per layer, so each layer draws its own.
 
     The core is Gaussian with entries ~ N(0, 1/d_in).  Each factor ``A_n`` (``I_n x R_n``, ``R_n <= I_n``) has
     orthonormal columns scaled by ``sqrt(I_n / R_n)``: entries still have variance ``1/R_n`` as a Gaussian factor
@@ -51,7 +55,7 @@ def generate_factors(plan: TensorPlan, prng_key: int) -> SharedFactors:
     ``1/d_in`` when all diagonals are one (Kaiming-like with gain 1), whatever the shape, ranks or order, so a
     learning rate found on one shape carries over to another.
     """
-    generator = torch.Generator(device="cpu").manual_seed(_seed(prng_key, plan))
+    generator = torch.Generator(device="cpu").manual_seed(_seed(prng_key, plan.key if stream is None else stream))
     core = torch.randn(plan.ranks, generator=generator) / math.sqrt(plan.d_in)
     factors = [
         _orthonormal_columns(torch.randn((size, rank), generator=generator)) * math.sqrt(size / rank)

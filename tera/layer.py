@@ -27,23 +27,36 @@ def linear_base(target: nn.Module, current_key: str | None, method: str) -> nn.L
     return base
 
 
-def core_key(plan: TensorPlan) -> str:
-    return f"{plan.key}_core"
+def factor_group(plan: TensorPlan, module_name: str | None, share_factors: bool) -> str:
+    """Name of the set of frozen factors a layer uses: its tensor plan when shared, the plan and layer otherwise.
+
+    It keys the model's buffer dict, the checksums and the random stream; buffer names cannot hold dots.
+    """
+    if share_factors:
+        return plan.key
+    if not module_name:
+        raise ValueError("TeRA with share_factors=False needs the name of every adapted module to seed its factors.")
+    return f"{plan.key}__{module_name.replace('.', '_')}"
 
 
-def factor_key(plan: TensorPlan, mode: int) -> str:
-    return f"{plan.key}_f{mode}"
+def core_key(group: str) -> str:
+    return f"{group}_core"
+
+
+def factor_key(group: str, mode: int) -> str:
+    return f"{group}_f{mode}"
 
 
 class TeraLayer(BaseTunerLayer):
     # The only trained tensors: one vector per adapter holding all diagonals of this layer, concatenated mode by mode.
     adapter_layer_names = ("tera_lambda",)
-    other_param_names = ("tera_plan", "tera_placement", "tera_scaling", "tera_forward_path")
+    other_param_names = ("tera_plan", "tera_factor_group", "tera_placement", "tera_scaling", "tera_forward_path")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
         self.tera_lambda = nn.ParameterDict({})
         self.tera_plan: dict[str, TensorPlan] = {}
+        self.tera_factor_group: dict[str, str] = {}  # which frozen factors of the model each adapter uses
         self.tera_placement: dict[str, str] = {}
         self.tera_scaling: dict[str, float] = {}
         self.tera_forward_path: dict[str, str] = {}
@@ -63,6 +76,7 @@ class TeraLayer(BaseTunerLayer):
         shared: BufferDict,
         plan: TensorPlan,
         config: TeraConfig,
+        group: str | None = None,
         inference_mode: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -73,6 +87,7 @@ class TeraLayer(BaseTunerLayer):
             )
         object.__setattr__(self, "_tera_shared", shared)
         self.tera_plan[adapter_name] = plan
+        self.tera_factor_group[adapter_name] = plan.key if group is None else group
         self.tera_placement[adapter_name] = config.diagonal_placement
         self.tera_scaling[adapter_name] = config.scaling
         self.tera_forward_path[adapter_name] = config.forward_path
@@ -102,10 +117,10 @@ class TeraLayer(BaseTunerLayer):
         return torch.split(self.tera_lambda[adapter_name], self._lambda_sizes(adapter_name))
 
     def shared_factors(self, adapter_name: str, dtype: torch.dtype, device: torch.device):
-        plan = self.tera_plan[adapter_name]
+        plan, group = self.tera_plan[adapter_name], self.tera_factor_group[adapter_name]
         shared = self._tera_shared
-        core = shared[core_key(plan)].to(device=device, dtype=dtype)
-        factors = [shared[factor_key(plan, n)].to(device=device, dtype=dtype) for n in range(len(plan.modes))]
+        core = shared[core_key(group)].to(device=device, dtype=dtype)
+        factors = [shared[factor_key(group, n)].to(device=device, dtype=dtype) for n in range(len(plan.modes))]
         return core, factors
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -185,12 +200,13 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
         plan: TensorPlan,
         adapter_name: str,
         config: TeraConfig,
+        group: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         TeraLayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, shared, plan, config)
+        self.update_layer(adapter_name, shared, plan, config, group=group)
 
     def _adapter_operands(self, name: str, x: torch.Tensor):
         """Plan, core and factors (in x's dtype), diagonals, placement and scale of one adapter."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import TeraConfig
 from .factors import checksum, generate_factors
-from .layer import Linear, TeraLayer, core_key, factor_key, linear_base
+from .layer import Linear, TeraLayer, core_key, factor_group, factor_key, linear_base
 from .tensorize import TensorPlan, plan_for_weight
 
 SHARED_ATTR = "tera_shared"
@@ -27,7 +27,8 @@ class TeraModel(BaseTuner):
 
     The frozen core and factor matrices of every tensor plan are stored once, in the ``tera_shared`` buffer dict of
     this module, keyed by plan (``<plan>_core``, ``<plan>_f<n>``), and are shared by every layer and every adapter with
-    that plan.  Adapters on one model must therefore agree on ``projection_prng_key`` and ``save_projection``.
+    that plan.  Adapters on one model must therefore agree on ``projection_prng_key`` and ``save_projection``.  With
+    ``share_factors=False`` (an ablation) the key is the plan and the layer's name: one set per layer.
     """
 
     uses_shared_state: bool = True
@@ -37,6 +38,8 @@ class TeraModel(BaseTuner):
 
     def _pre_injection_hook(self, model: nn.Module, config: TeraConfig, adapter_name: str) -> None:
         self.tera_shared = BufferDict({}, persistent=config.save_projection)
+        # Checksums a loaded config arrives with (empty for a new adapter): per-layer factor groups must all be there.
+        self._recorded_groups = set(config.projection_checksums)
 
     def _check_new_adapter_config(self, config: TeraConfig) -> None:
         super()._check_new_adapter_config(config)
@@ -52,26 +55,35 @@ class TeraModel(BaseTuner):
                         f"adapters on one model share these factors, so give them the same {field}."
                     )
 
-    def _ensure_shared_factors(self, plan: TensorPlan, config: TeraConfig, device: torch.device, dtype) -> None:
-        """Create the shared factors of ``plan`` once; check them against the config's recorded checksum."""
+    def _ensure_shared_factors(
+        self, plan: TensorPlan, group: str, config: TeraConfig, device: torch.device, dtype
+    ) -> None:
+        """Create the factors of ``group`` once; check them against the config's recorded checksum."""
         shared: BufferDict = self.tera_shared
-        if core_key(plan) in shared:
+        if core_key(group) in shared:
             return
-        generated = generate_factors(plan, config.projection_prng_key)
+        recorded_groups = getattr(self, "_recorded_groups", set())
+        if not config.share_factors and recorded_groups and group not in recorded_groups:
+            raise SharedFactorsMismatch(
+                f"The TeRA adapter has per-layer factors (share_factors=False) but none recorded for layer group "
+                f"{group}: it was trained on a model whose modules are named differently; load it onto the same model "
+                f"class it was trained with."
+            )
+        generated = generate_factors(plan, config.projection_prng_key, stream=group)
         digest = checksum(generated)
-        recorded = config.projection_checksums.get(plan.key)
+        recorded = config.projection_checksums.get(group)
         if recorded is not None and recorded != digest and not config.save_projection:
             raise SharedFactorsMismatch(
-                f"The shared TeRA factors regenerated for {plan.key} (checksum {digest}) differ from those the adapter "
+                f"The shared TeRA factors regenerated for {group} (checksum {digest}) differ from those the adapter "
                 f"was trained with ({recorded}), so loading would silently change the model; load it with the PyTorch "
                 f"version it was saved with, or save the adapter with save_projection=True."
             )
-        config.projection_checksums[plan.key] = digest
+        config.projection_checksums[group] = digest
         # Factors take the weight's floating dtype: a bf16 model gets bf16 factors (the checksum is of float32 values).
         target_dtype = dtype if dtype.is_floating_point else torch.float32
-        shared[core_key(plan)] = generated.core.to(device=device, dtype=target_dtype)
+        shared[core_key(group)] = generated.core.to(device=device, dtype=target_dtype)
         for mode, factor in enumerate(generated.factors):
-            shared[factor_key(plan, mode)] = factor.to(device=device, dtype=target_dtype)
+            shared[factor_key(group, mode)] = factor.to(device=device, dtype=target_dtype)
 
     def _create_and_replace(
         self, tera_config: TeraConfig, adapter_name: str, target, target_name, parent, current_key=None, **kwargs
@@ -86,11 +98,12 @@ class TeraModel(BaseTuner):
         )
         weight = base.weight
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
-        self._ensure_shared_factors(plan, tera_config, device, weight.dtype)
+        group = factor_group(plan, current_key, tera_config.share_factors)
+        self._ensure_shared_factors(plan, group, tera_config, device, weight.dtype)
         if isinstance(target, Linear):
-            target.update_layer(adapter_name, self.tera_shared, plan, tera_config)
+            target.update_layer(adapter_name, self.tera_shared, plan, tera_config, group=group)
             return
-        new_module = Linear(target, self.tera_shared, plan, adapter_name, tera_config)
+        new_module = Linear(target, self.tera_shared, plan, adapter_name, tera_config, group=group)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # a further adapter is not trainable until it is made active
         self._replace_module(parent, target_name, new_module, target)
@@ -103,9 +116,9 @@ class TeraModel(BaseTuner):
             keys = set()
             for module in model.modules():
                 if isinstance(module, TeraLayer) and adapter_name in module.tera_plan:
-                    plan = module.tera_plan[adapter_name]
-                    keys.add(core_key(plan))
-                    keys.update(factor_key(plan, n) for n in range(len(plan.modes)))
+                    plan, group = module.tera_plan[adapter_name], module.tera_factor_group[adapter_name]
+                    keys.add(core_key(group))
+                    keys.update(factor_key(group, n) for n in range(len(plan.modes)))
             for key in sorted(keys):
                 full = f"base_model.{SHARED_ATTR}.{key}"
                 if full not in state_dict:

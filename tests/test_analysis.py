@@ -8,7 +8,7 @@ from peft import LoraConfig, VeraConfig, get_peft_model
 from torch import nn
 
 from tera import TeraConfig, adapter_report
-from tera.analysis import numerical_rank
+from tera.analysis import frozen_factor_values, numerical_rank
 
 from .toy_models import TOY_TARGETS, ToyMLP
 
@@ -103,3 +103,23 @@ def test_report_measures_the_update_dora_and_hira_really_apply():
 
         expected = layer.get_base_layer()(x) + x @ effective_delta(layer, "default").t()
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_factor_values_counts_each_shared_tensor_once():
+    """TeRA shares one set of factors per tensor plan; per-layer factors multiply them; VeRA's projections are counted
+    once although every layer refers to them; LoRA keeps none."""
+
+    class TwoSquare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(48, 48), nn.Linear(48, 48)
+
+    torch.manual_seed(0)
+    shared = get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"]))
+    per_layer = get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"], share_factors=False))
+    one_set = 48 * 48 + 2 * (6 * 6 + 8 * 8)  # 48 = 6 x 8 per side: a full 6x8x6x8 core and four square factors
+    assert frozen_factor_values(shared) == one_set
+    assert frozen_factor_values(per_layer) == 2 * one_set
+    vera = get_peft_model(TwoSquare(), VeraConfig(target_modules=["a", "b"], r=7))
+    assert frozen_factor_values(vera) == 7 * 48 + 48 * 7
+    assert frozen_factor_values(get_peft_model(TwoSquare(), LoraConfig(target_modules=["a", "b"], r=4))) == 0

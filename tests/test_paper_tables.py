@@ -48,7 +48,8 @@ def test_grid_expansion_and_multirun_commands(tmp_path):
 
     ablations = load_spec("table5", smoke=True)
     variants = [r.variant.label for r in ablations.runs()]
-    assert len(set(variants)) == len(variants) == 8
+    assert len(set(variants)) == len(variants) == 9
+    assert "per-layer factors (no sharing)" in variants and ablations.show_frozen
     assert any("method.peft.tensor_order=3" in c for c in multirun_commands(ablations, tmp_path, "basic", [])[1])
 
 
@@ -73,7 +74,9 @@ SPEC = {
 }
 
 
-def _record(folder: Path, name: str, accuracy: float, trainable: int, method: str, steps: int = 10) -> None:
+def _record(
+    folder: Path, name: str, accuracy: float, trainable: int, method: str, steps: int = 10, frozen: int = 0
+) -> None:
     spectrum = {"layer": "l0", "singular_values": [1.0, 0.5, 0.25]}
     record = {
         "complete": True,
@@ -82,6 +85,7 @@ def _record(folder: Path, name: str, accuracy: float, trainable: int, method: st
         "steps": steps,
         "final_metrics": {"test_accuracy": accuracy},
         "trainable_params": trainable,
+        "frozen_factor_values": frozen,
         "median_rank": 8 if method == "lora" else 384,
         "spectrum": spectrum,
         "environment": {"date": "2026-11-27T00:00:00", "device": "CPU", "versions": {"torch": "2", "peft": "0"}},
@@ -115,6 +119,29 @@ def test_rendering_means_std_missing_runs_and_reference(tmp_path):
     assert plots.spectra([], tmp_path / "none.png") is None
 
 
+def test_ablation_table_shows_frozen_values_per_variant(tmp_path):
+    spec = parse_spec(
+        {
+            "name": "tabley",
+            "title": "Sharing fixture",
+            "grid": {"model": ["m1"], "task": ["suite/a"], "method": ["tera"], "seed": [0]},
+            "variants": [
+                {"label": "shared", "overrides": []},
+                {"label": "per layer", "overrides": ["method.peft.share_factors=false"]},
+            ],
+            "show_frozen": True,
+            "columns": [{"metric": "test_accuracy", "label": "A"}],
+        }
+    )
+    _record(tmp_path, "tera-suite-a-m1-s0-shared", 0.80, 50, "tera", frozen=1_000)
+    _record(tmp_path, "tera-suite-a-m1-s0-per-layer", 0.82, 50, "tera", frozen=12_000)
+    lines = write_spec_table(spec, tmp_path, tmp_path / "out" / "tabley").splitlines()
+    assert "| variant | model | method | A | trainable params | frozen random values | median rank of dW |" in lines
+    assert "| shared | m1 | tera | 80.00 ± 0.00 | 50 | 1,000 | 384 |" in lines
+    assert "| per layer | m1 | tera | 82.00 ± 0.00 | 50 | 12,000 | 384 |" in lines
+    assert "frozen_factor_values" in (tmp_path / "out" / "tabley.csv").read_text().splitlines()[0]
+
+
 def test_records_keep_one_layer_spectrum_for_the_plots():
     from baselines import apply_method
     from experiments.records import adapter_fields
@@ -127,6 +154,7 @@ def test_records_keep_one_layer_spectrum_for_the_plots():
             if p.requires_grad:
                 p.normal_()
     fields = adapter_fields(adapted, "lora")
+    assert fields["frozen_factor_values"] == 0
     spectrum = fields["spectrum"]
     assert spectrum["layer"].endswith("2") and len(spectrum["singular_values"]) == 16
     assert sum(v > 1e-6 * spectrum["singular_values"][0] for v in spectrum["singular_values"]) == 4
@@ -136,6 +164,7 @@ def test_properties_table_on_minilm(tmp_path):
     from experiments.properties import measure
 
     record = measure("minilm", "tera")
+    assert record["frozen_factor_values"] > 0  # the shared factors, once for all layers of one shape
     # Full rank by construction; random diagonal entries near zero cost a few numerical ranks at fp32 tolerance.
     assert record["median_rank_bound"] == 384 and record["median_rank"] >= 0.9 * 384 and record["trainable_params"] > 0
     vera = measure("minilm", "vera")

@@ -8,7 +8,11 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from tera import SharedFactorsMismatch, TensorisationError, TeraConfig, TeraLayer
+from tera.analysis import adapter_report
+from tera.factors import generate_factors
+from tera.layer import factor_group
 
+from .tera_reference import reference_delta
 from .toy_models import TOY_TARGETS, ToyMLP, tiny_llama, tiny_roberta
 
 
@@ -81,8 +85,9 @@ def test_safe_merge_matches():
 
 
 @pytest.mark.parametrize("save_projection", [False, True])
-def test_save_and_reload_under_another_seed(tmp_path, save_projection):
-    _, model = _peft(save_projection=save_projection)
+@pytest.mark.parametrize("share_factors", [True, False])
+def test_save_and_reload_under_another_seed(tmp_path, save_projection, share_factors):
+    _, model = _peft(save_projection=save_projection, share_factors=share_factors)
     _train(model, X)
     model.eval()
     with torch.no_grad():
@@ -306,3 +311,77 @@ def test_real_llama_7b_layer_shapes():
         expected = x[0] @ model.base_model.model.q_proj.get_base_layer().weight.t()
         expected = expected + x[0] @ model.base_model.model.q_proj.get_delta_weight("default").t()
         torch.testing.assert_close(model.base_model.model.q_proj(x[0]), expected, rtol=1e-4, atol=1e-4)
+
+
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+
+def _tera_layers(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, TeraLayer)}
+
+
+def test_per_layer_factors_are_drawn_per_layer_and_match_the_reference():
+    torch.manual_seed(0)
+    config = TeraConfig(target_modules=LLAMA_TARGETS, share_factors=False, init_weights=False)
+    model = get_peft_model(tiny_llama(), config)
+    layers = _tera_layers(model)
+    assert len(layers) == 2 * 5
+    assert len(model.base_model.tera_shared) == len(layers) * 5  # one core and four factors per layer
+    assert len(config.projection_checksums) == len(layers)
+    q0, q1 = (layers[f"base_model.model.model.layers.{i}.self_attn.q_proj"] for i in (0, 1))
+    assert q0.tera_plan["default"] == q1.tera_plan["default"]  # same shape and plan ...
+    core0, _ = q0.shared_factors("default", torch.float32, torch.device("cpu"))
+    core1, _ = q1.shared_factors("default", torch.float32, torch.device("cpu"))
+    assert not torch.allclose(core0, core1)  # ... but each layer has its own frozen factors
+
+    for name, layer in layers.items():
+        plan = layer.tera_plan["default"]
+        module_name = name.removeprefix("base_model.model.")
+        drawn = generate_factors(plan, 0, stream=factor_group(plan, module_name, share_factors=False))
+        lambdas = [lam.detach().double() for lam in layer.lambdas("default")]
+        expected = reference_delta(plan, drawn.core.double(), [f.double() for f in drawn.factors], lambdas, "rank", 1.0)
+        torch.testing.assert_close(layer.get_delta_weight("default").double(), expected, rtol=1e-5, atol=1e-6)
+
+    # Same trained values and rank bound as with shared factors, and the bound is reached.
+    torch.manual_seed(0)
+    shared = get_peft_model(tiny_llama(), TeraConfig(target_modules=LLAMA_TARGETS, init_weights=False))
+    assert model.get_nb_trainable_parameters() == shared.get_nb_trainable_parameters()
+    reports = adapter_report(model)
+    assert [r.rank for r in reports] == [r.rank_bound for r in reports]
+    assert [r.rank_bound for r in reports] == [r.rank_bound for r in adapter_report(shared)]
+
+
+def test_per_layer_factors_do_not_depend_on_which_other_layers_are_adapted():
+    def layer1_core(layers_to_transform):
+        torch.manual_seed(0)
+        config = TeraConfig(target_modules=["q_proj"], share_factors=False, layers_to_transform=layers_to_transform)
+        layers = _tera_layers(get_peft_model(tiny_llama(), config))
+        layer = layers["base_model.model.model.layers.1.self_attn.q_proj"]
+        return layer.shared_factors("default", torch.float32, torch.device("cpu"))[0]
+
+    torch.testing.assert_close(layer1_core([1]), layer1_core([0, 1]), rtol=0, atol=0)
+
+
+def test_shared_factors_are_one_object_per_plan():
+    torch.manual_seed(0)
+    layers = _tera_layers(get_peft_model(tiny_llama(), TeraConfig(target_modules=["q_proj"])))
+    cores = [m.shared_factors("default", torch.float32, torch.device("cpu"))[0] for m in layers.values()]
+    assert len(cores) == 2 and cores[0].data_ptr() == cores[1].data_ptr()
+
+
+class _Wrapped(torch.nn.Module):
+    """ToyMLP under another attribute name: same shapes, other module names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = ToyMLP()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_error_per_layer_adapter_loaded_onto_other_module_names(tmp_path):
+    _, model = _peft(share_factors=False)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(SharedFactorsMismatch, match="trained on a model whose modules are named differently"):
+        PeftModel.from_pretrained(_Wrapped(), tmp_path)
