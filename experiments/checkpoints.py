@@ -2,13 +2,17 @@
 
 Only what training changes is saved: the trainable parameters (by name), the optimizer and scheduler state, the step,
 the losses so far and the RNG state. The batch order is a pure function of the seed, so a resumed run replays it.
+Besides the periodic saves, a preemption signal (Slurm's SIGTERM, submitit's SIGUSR2) saves the step in progress
+before the signal goes on to whoever handled it before (submitit requeues the job; by default the process ends).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,8 @@ class Checkpointer:
     signature: str = ""  # the run's settings: a checkpoint of other settings is not resumed
 
     def due(self, step: int, last_step: int) -> bool:
-        return self.every > 0 and step % self.every == 0 and step < last_step
+        # The last step too: a run preempted during its (possibly long) evaluation then does not train again.
+        return self.every > 0 and (step % self.every == 0 or step == last_step)
 
     def save(self, model: nn.Module, optimizer, scheduler, step: int, state: dict[str, Any]) -> None:
         payload = {
@@ -80,3 +85,60 @@ class Checkpointer:
 
 def checkpoint_path(output_dir: str | Path, run_name: str) -> Path:
     return Path(output_dir) / ".checkpoints" / f"{run_name}.pt"
+
+
+def preemption_signals() -> list[signal.Signals]:
+    """SIGTERM (Slurm's preemption and scancel) and submitit's preemption signal (SIGUSR2 unless
+    ``SUBMITIT_PREEMPT_SIGNAL`` names another)."""
+    name = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    extra = getattr(signal, name, None)
+    return [signal.SIGTERM] + ([extra] if extra is not None and extra != signal.SIGTERM else [])
+
+
+class PreemptionGuard:
+    """While training, a preemption signal only sets ``pending``; the loop saves a checkpoint after the step in
+    progress (never half an optimizer step) and then calls :meth:`deliver`, which hands the signal to the handler
+    that was installed before (submitit's checkpoint-and-requeue, or the default: the process ends).
+
+    Signal handlers can only be set from the main thread; elsewhere the guard does nothing.
+    """
+
+    def __init__(self, signals: list[signal.Signals] | None = None) -> None:
+        self.signals = preemption_signals() if signals is None else signals
+        self.pending: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _defer(self, signum: int, frame) -> None:
+        self.pending = signum
+
+    def _arm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._defer)
+
+    def _disarm(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous = {}
+
+    def deliver(self) -> None:
+        """Pass a deferred signal to the previous handler now; if that handler returns, keep guarding."""
+        signum, self.pending = self.pending, None
+        self._disarm()
+        try:
+            if signum is not None:
+                signal.raise_signal(signum)
+        finally:
+            self._arm()
+
+    def __enter__(self) -> PreemptionGuard:
+        self._arm()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self._disarm()
+        if self.pending is not None and exc_type is None:  # arrived after the last step: deliver it now
+            signum, self.pending = self.pending, None
+            signal.raise_signal(signum)

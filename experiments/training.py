@@ -3,6 +3,7 @@ progress bars, nothing hidden."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import distributed
-from .checkpoints import Checkpointer
+from .checkpoints import Checkpointer, PreemptionGuard
 from .metrics import compute
 from .tasks import Example
 
@@ -128,7 +129,8 @@ def train(
 
     ``make_batch`` turns a list of example indices into model inputs with ``labels``; the model returns ``.loss``.
     Under torchrun each rank takes its slice of every batch (``distributed.py``). With ``checkpoint``, the state is
-    saved every ``checkpoint.every`` steps and a run that finds a checkpoint continues from it.
+    saved every ``checkpoint.every`` steps and when a preemption signal arrives (after the step in progress), and a
+    run that finds a checkpoint continues from it.
     """
     optimizer = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
@@ -147,30 +149,39 @@ def train(
     forward = distributed.wrap(model)
     start = time.perf_counter()
     bar = tqdm(range(first, steps + 1), desc="train", initial=first - 1, total=steps, disable=not distributed.is_main())
-    for step in bar:
-        model.train()
-        step_loss = 0.0
-        for _ in range(grad_accum):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
-            loss.backward()
-            step_loss += loss.item()
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(step_loss)
-        if log_fn is not None and (step % log_every == 0 or step == steps):
-            log_fn(step, result.losses[-1])
-        bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
-        if evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps:
-            result.train_seconds += time.perf_counter() - start
-            result.evaluations.append({"step": step, **evaluate_fn(step)})
-            start = time.perf_counter()
-        if checkpoint is not None and checkpoint.due(step, steps) and distributed.is_main():
-            elapsed = result.train_seconds + time.perf_counter() - start
-            state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
-            checkpoint.save(model, optimizer, scheduler, step, state)
+    if checkpoint is not None and checkpoint.every <= 0:
+        checkpoint = None  # checkpointing off: no periodic saves, no saving on a signal (the loaded one still counts)
+    # Only with a checkpoint is a preemption signal worth deferring to the end of the step.
+    guard = PreemptionGuard() if checkpoint is not None else contextlib.nullcontext()
+    with guard:
+        for step in bar:
+            model.train()
+            step_loss = 0.0
+            for _ in range(grad_accum):
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
+                loss.backward()
+                step_loss += loss.item()
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(step_loss)
+            if log_fn is not None and (step % log_every == 0 or step == steps):
+                log_fn(step, result.losses[-1])
+            bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
+            if evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps:
+                result.train_seconds += time.perf_counter() - start
+                result.evaluations.append({"step": step, **evaluate_fn(step)})
+                start = time.perf_counter()
+            preempted = checkpoint is not None and guard.pending is not None
+            if checkpoint is not None and (checkpoint.due(step, steps) or preempted) and distributed.is_main():
+                elapsed = result.train_seconds + time.perf_counter() - start
+                state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
+                checkpoint.save(model, optimizer, scheduler, step, state)
+            if preempted:
+                print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
+                guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
     result.train_seconds += time.perf_counter() - start
     return result

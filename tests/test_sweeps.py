@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,61 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     stale = Checkpointer(tmp_path / "run.pt", every=2, signature="other settings")
     other_model, _ = _tiny_tera()
     assert len(_train(other_model, tokenizer, steps=6, checkpoint=stale).losses) == 6  # started over
+
+
+class _Requeued(Exception):
+    """What submitit's handler does on its preemption signal: checkpoint, requeue, leave the process."""
+
+
+def test_a_preemption_signal_saves_the_step_in_progress_then_reaches_the_previous_handler(tmp_path):
+    reference_model, tokenizer = _tiny_tera()
+    reference = _train(reference_model, tokenizer, steps=6)
+
+    handled: list[int] = []
+    checkpoint = Checkpointer(tmp_path / "run.pt", every=100, signature="same")  # no periodic save before step 6
+
+    def submitit_like(signum, frame):
+        handled.append(torch.load(tmp_path / "run.pt", weights_only=False)["step"])  # saved before we are called
+        raise _Requeued
+
+    def preempt_at_3(step, loss):
+        if step == 3:
+            signal.raise_signal(signal.SIGUSR2)  # arrives in the middle of training, as Slurm's would
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        model, _ = _tiny_tera()
+        with pytest.raises(_Requeued):
+            _train(model, tokenizer, steps=6, checkpoint=checkpoint, log_fn=preempt_at_3)
+        assert handled == [3]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_like  # the guard put the previous handler back
+
+        resumed_model, _ = _tiny_tera()
+        resumed = _train(resumed_model, tokenizer, steps=6, checkpoint=checkpoint)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert resumed.losses == pytest.approx(reference.losses, rel=1e-6, abs=1e-7)
+    for name, value in _trainable(reference_model).items():
+        torch.testing.assert_close(_trainable(resumed_model)[name], value, rtol=1e-6, atol=1e-7)
+    # The last step is saved too: a run preempted while it evaluates does not train again.
+    assert torch.load(tmp_path / "run.pt", weights_only=False)["step"] == 6
+
+
+def test_a_handler_that_returns_lets_training_go_on(tmp_path):
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))  # like submitit's bypass
+    try:
+        model, tokenizer = _tiny_tera()
+
+        def term_at_2(step, loss):
+            if step == 2:
+                signal.raise_signal(signal.SIGTERM)
+
+        checkpoint = Checkpointer(tmp_path / "run.pt", every=100, signature="same")
+        result = _train(model, tokenizer, steps=4, checkpoint=checkpoint, log_fn=term_at_2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls == [signal.SIGTERM] and len(result.losses) == 4
 
 
 # ---------------------------------------------------------------- through run.py: skip, resume, launchers
