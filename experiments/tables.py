@@ -25,20 +25,37 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
     return records
 
 
-def method_label(record: dict[str, Any]) -> str:
-    """The method, or ``base (no training)`` for a zero-step run (the pretrained model evaluated as it is)."""
-    return "base (no training)" if record.get("steps") == 0 else record["method"]
+def config_value(record: dict[str, Any], dotted: str) -> Any:
+    """``config.<dotted>`` of a record's resolved config, e.g. ``method.decoder_lr``; None where it is not set."""
+    value: Any = record.get("config", {})
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def method_label(record: dict[str, Any], label_by: tuple[str, ...] = ()) -> str:
+    """The method, or ``base (no training)`` for a zero-step run (the pretrained model evaluated as it is); with
+    ``label_by`` config keys (a sweep), their values too, so the runs of one method stay apart."""
+    if record.get("steps") == 0:
+        return "base (no training)"
+    settings = ", ".join(f"{key.split('.')[-1]}={config_value(record, key)}" for key in label_by)
+    return f"{record['method']} ({settings})" if settings else record["method"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarise_groups(records: Iterable[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """One row per (model, task, method): mean/std of ``metric`` over seeds and the cost columns."""
+def summarise_groups(
+    records: Iterable[dict[str, Any]], metric: str, label_by: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """One row per (model, task, method [and ``label_by`` settings]): mean/std of ``metric`` over seeds and the cost
+    columns."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        groups[(record["model"], record["task"], method_label(record))].append(record)
+        groups[(record["model"], record["task"], method_label(record, label_by))].append(record)
     rows = []
     for (model, task, method), runs in sorted(groups.items()):
         values = [r["final_metrics"][metric] for r in runs]
@@ -89,13 +106,18 @@ def provenance(records: list[dict[str, Any]]) -> str:
 
 
 def write_table(
-    folder: Path, out: Path, title: str, metric: str | None = None, task: str | None = None
+    folder: Path,
+    out: Path,
+    title: str,
+    metric: str | None = None,
+    task: str | None = None,
+    label_by: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     records = [r for r in load_records(folder) if task is None or r["task"] == task]
     if not records:
         raise SystemExit(f"error: no complete run records under {folder}" + (f" for task {task}." if task else "."))
     metric = metric or f"test_{records[0]['config']['task']['main_metric']}"
-    rows = summarise_groups(records, metric)
+    rows = summarise_groups(records, metric, label_by)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(render_markdown(rows, metric, title, provenance(records)))
     with open(out.with_suffix(".csv"), "w", newline="") as handle:
@@ -112,8 +134,15 @@ def main(argv=None) -> int:
     parser.add_argument("--title", default="Results")
     parser.add_argument("--metric", default=None, help="record metric key, default test_<task main metric>")
     parser.add_argument("--task", default=None, help="only records of this task, e.g. math/gsm8k")
+    parser.add_argument(
+        "--label-by",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="config key whose value tells a sweep's runs apart, e.g. method.decoder_lr (repeatable)",
+    )
     args = parser.parse_args(argv)
-    write_table(args.records, args.out, args.title, args.metric, args.task)
+    write_table(args.records, args.out, args.title, args.metric, args.task, tuple(args.label_by))
     print(args.out.with_suffix(".md").read_text())
     return 0
 

@@ -45,3 +45,20 @@ def test_mean_std_over_seeds_and_incomplete_records_ignored(tmp_path):
     assert "| full | 85.00 ± 0.00 | 1 | 100 | full FT |" in text
     assert "Rendered from 3 run records" in text and "CPU" in text
     assert (tmp_path / "table.csv").read_text().splitlines()[0].startswith("model,task,method,seeds,mean,std")
+
+
+def test_label_by_keeps_the_runs_of_a_sweep_apart(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, (lr, accuracy) in enumerate([(5e-3, 0.80), (2e-2, 0.84), (2e-2, 0.86)]):
+        record = _record("tera", i, accuracy, 384)
+        record["config"]["method"] = {"decoder_lr": lr}
+        (runs / f"{i}.json").write_text(json.dumps(record))
+    rows = write_table(runs, tmp_path / "table", "Sweep", label_by=("method.decoder_lr",))
+    assert [(r["method"], len(r["seeds"])) for r in rows] == [
+        ("tera (decoder_lr=0.005)", 1),
+        ("tera (decoder_lr=0.02)", 2),
+    ]
+    assert rows[1]["mean"] == pytest.approx(0.85)
+    merged = write_table(runs, tmp_path / "merged", "Sweep")
+    assert [r["method"] for r in merged] == ["tera"]
