@@ -1,9 +1,11 @@
-"""Figures written by code from run records: accuracy against trainable parameters for a table, and singular-value
-spectra of dW for TeRA, LoRA and VeRA (from the spectrum each record keeps of its middle adapted layer)."""
+"""Figures written by code from run records: accuracy against trainable parameters for a table, the variants of an
+ablation table, and singular-value spectra of dW for TeRA, LoRA and VeRA (from the spectrum each record keeps of its
+middle adapted layer)."""
 
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +17,75 @@ import matplotlib.pyplot as plt  # noqa: E402
 SPECTRUM_METHODS = ("tera", "lora", "vera")
 
 
+def _label(row: dict[str, Any]) -> str:
+    return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return 100 * statistics.fmean(values), (100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def accuracy_vs_parameters(rows: list[dict[str, Any]], column: str, title: str, out: Path) -> Path | None:
-    """One point per table row with a value in ``column``; x = trainable parameters (log scale)."""
+    """One point (mean ± std over seeds) per table row with a value in ``column``; x = trainable parameters (log
+    scale). Points are told apart by colour and marker in a legend, not by labels that would overlap."""
     points = [r for r in rows if r.get(column) and r.get("trainable_params")]
     if not points:
         return None
     models = sorted({r["model"] for r in points})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.0 * len(models), 4.2), squeeze=False)
+    markers = "osD^vP*X<>ph"
     for ax, model in zip(axes[0], models):
-        for row in (r for r in points if r["model"] == model):
-            y = 100 * statistics.fmean(row[column])
-            label = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
-            ax.scatter(row["trainable_params"], y, s=36)
-            ax.annotate(label, (row["trainable_params"], y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, row in enumerate(r for r in points if r["model"] == model):
+            mean, std = _mean_std(row[column])
+            ax.errorbar(
+                row["trainable_params"],
+                mean,
+                yerr=std or None,
+                fmt=markers[i % len(markers)],
+                ms=6,
+                capsize=3,
+                color=f"C{i % 10}",
+                label=_label(row),
+            )
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel(f"{column} (%)")
         ax.set_title(model)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(textwrap.fill(title, 90), fontsize=10)
+    return _save(fig, out)
+
+
+def variant_dots(rows: list[dict[str, Any]], column: str, title: str, out: Path) -> Path | None:
+    """Ablations: one line per variant, the metric as a dot with its std over seeds, and what each variant costs
+    (trainable and frozen random values) written beside it. Dots, not bars: the axis need not start at zero."""
+    shown = [r for r in rows if r.get(column) and r.get("variant")]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(shown) + 1.4))
+    for i, row in enumerate(shown):
+        mean, std = _mean_std(row[column])
+        ax.errorbar(mean, i, xerr=std or None, fmt="o", color="C0", capsize=3)
+        cost = f"{row['trainable_params']:,} trained" if row.get("trainable_params") else ""
+        if row.get("frozen_factor_values") is not None:
+            cost += f", {row['frozen_factor_values']:,} frozen"
+        ax.annotate(f"{mean:.1f}  {cost}", (mean, i), textcoords="offset points", xytext=(8, -3), fontsize=7)
+    ax.set_yticks(range(len(shown)), [f"{r['variant']} [{r['model']}]" for r in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{column} (%)")
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high + 0.6 * (high - low))  # room for the cost labels
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(textwrap.fill(title, 80), fontsize=10)
+    return _save(fig, out)
 
 
 def spectra(records: list[dict[str, Any]], out: Path, methods: tuple[str, ...] = SPECTRUM_METHODS) -> Path | None:
@@ -72,7 +119,4 @@ def spectra(records: list[dict[str, Any]], out: Path, methods: tuple[str, ...] =
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

@@ -58,6 +58,7 @@ def render(spec: TableSpec, records_dir: Path, results: Path) -> str:
         rows = accuracy_rows(spec, records)
         main = spec.reference["column"] if spec.reference else spec.columns[-1].label
         plots.accuracy_vs_parameters(rows, main, spec.title, results / "plots" / f"{spec.tag}-accuracy-vs-params.png")
+        plots.variant_dots(rows, main, spec.title, results / "plots" / f"{spec.tag}-variants.png")  # ablations only
         wanted = {r.name for r in spec.runs()}
         plots.spectra(
             [rec for name, rec in records.items() if name in wanted], results / "plots" / f"{spec.tag}-spectra.png"

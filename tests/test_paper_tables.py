@@ -140,6 +140,11 @@ def test_ablation_table_shows_frozen_values_per_variant(tmp_path):
     assert "| shared | m1 | tera | 80.00 ± 0.00 | 50 | 1,000 | 384 |" in lines
     assert "| per layer | m1 | tera | 82.00 ± 0.00 | 50 | 12,000 | 384 |" in lines
     assert "frozen_factor_values" in (tmp_path / "out" / "tabley.csv").read_text().splitlines()[0]
+    rows = accuracy_rows(spec, read_records(tmp_path))
+    assert rows[1]["frozen_factor_values"] == 12_000
+    figure = plots.variant_dots(rows, "A", spec.title, tmp_path / "plots" / "variants.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.variant_dots(accuracy_rows(parse_spec(SPEC), {}), "A", "none", tmp_path / "no.png") is None
 
 
 def test_records_keep_one_layer_spectrum_for_the_plots():
