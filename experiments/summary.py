@@ -27,9 +27,11 @@ def summarise(record: dict[str, Any], path: Path) -> str:
 
 
 def _head(record: dict[str, Any], rank_line: str) -> list[str]:
+    frozen = record.get("frozen_factor_values")  # shared factors / projections of TeRA, VeRA, RandLoRA
     return [
         f"method       {record['method']} on {record['model']}, task {record['task']}, seed {record['seed']}",
-        f"parameters   {record['trainable_params']:,} trainable of {record['total_params']:,}",
+        f"parameters   {record['trainable_params']:,} trainable of {record['total_params']:,}"
+        + (f"; {record['frozen_factor_values']:,} frozen random values beside them" if frozen else ""),
         f"rank of dW   {rank_line}",
     ]
 

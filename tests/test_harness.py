@@ -171,16 +171,18 @@ def test_wandb_offline_tables(tmp_path, glue_fixture, monkeypatch):
     assert set(tables) == {"layers", "summary"}
     assert tables["layers"]["columns"] == ["layer", "d_out", "d_in", "trainable", "rank_bound", "rank"]
     assert len(tables["layers"]["data"]) == len(record["layers"])
-    assert tables["summary"]["columns"][:7] == [
+    assert tables["summary"]["columns"][:8] == [
         "method",
         "task",
         "model",
         "seed",
         "trainable_params",
+        "frozen_factor_values",
         "total_params",
         "median_rank",
     ]
     assert tables["summary"]["data"][0][:3] == ["tera", "glue/sst2", "tiny"]
+    assert tables["summary"]["data"][0][5] == record["frozen_factor_values"] > 0  # TeRA's shared factors
 
 
 def test_interrupted_run_leaves_no_record(tmp_path, glue_fixture, monkeypatch):
