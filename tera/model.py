@@ -38,11 +38,12 @@ class TeraModel(BaseTuner):
 
     def _pre_injection_hook(self, model: nn.Module, config: TeraConfig, adapter_name: str) -> None:
         self.tera_shared = BufferDict({}, persistent=config.save_projection)
-        # Checksums a loaded config arrives with (empty for a new adapter): per-layer factor groups must all be there.
-        self._recorded_groups = set(config.projection_checksums)
 
     def _check_new_adapter_config(self, config: TeraConfig) -> None:
         super()._check_new_adapter_config(config)
+        # Called once per adapter before its layers are made: the checksums a loaded config arrives with (none for a
+        # new adapter). A per-layer adapter must find its every layer group there.
+        self._recorded_groups = set(config.projection_checksums)
         new_name = next(name for name, conf in self.peft_config.items() if conf is config)
         for name, other in self.peft_config.items():
             if other is config:

@@ -385,3 +385,13 @@ def test_error_per_layer_adapter_loaded_onto_other_module_names(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(SharedFactorsMismatch, match="trained on a model whose modules are named differently"):
         PeftModel.from_pretrained(_Wrapped(), tmp_path)
+
+
+def test_per_layer_adapter_added_beside_a_loaded_shared_one(tmp_path):
+    _, model = _peft()
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(ToyMLP(), tmp_path)  # its config arrives with recorded checksums
+    loaded.add_adapter("per_layer", TeraConfig(target_modules=TOY_TARGETS, share_factors=False))
+    layer = loaded.base_model.model.q
+    assert layer.tera_factor_group["default"] != layer.tera_factor_group["per_layer"]
+    assert len(loaded.base_model.tera_shared) == 3 * 5 + 3 * 5  # three shared plans, three per-layer groups
