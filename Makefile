@@ -70,13 +70,19 @@ decoder-offline: $(STAMP)  ## SmolLM2-135M before / after TeRA and LoRA (60 step
 	  --title "SmolLM2-135M on GSM8K (offline stand-in split; lm-eval flexible exact match, 50 problems)"
 
 DECODER_LR_RUNS := results/runs/decoder-smollm2-tera-lr
-decoder-tera-lr: $(STAMP)  ## TeRA's decoder learning rate 5e-3 / 2e-2 / 5e-2 on SmolLM2-135M, commonsense/offline, 60 steps (~1 h on CPU)
+decoder-tera-lr: $(STAMP)  ## TeRA's decoder learning rate on SmolLM2-135M, 60 steps: 5e-3/2e-2/5e-2 on commonsense/offline, 5e-3/2e-2 on GSM8K (~1.5 h on CPU)
 	$(PY) run.py -m model=smollm2-135m method=tera task=commonsense/offline eval.limit=200 train.batch_size=8 \
 	  train.max_steps=60 method.decoder_lr=5e-3,2e-2,5e-2 logger=none output_dir=$(DECODER_LR_RUNS) \
 	  'run_name=commonsense-offline-smollm2-135m-tera-lr$${method.decoder_lr}-s0'
+	$(PY) run.py -m model=smollm2-135m method=tera task=math/gsm8k train.epochs=null eval.limit=50 \
+	  eval.max_new_tokens=200 train.batch_size=8 train.max_steps=60 method.decoder_lr=5e-3,2e-2 logger=none \
+	  output_dir=$(DECODER_LR_RUNS) 'run_name=math-gsm8k-smollm2-135m-tera-lr$${method.decoder_lr}-s0'
 	$(PY) -m experiments.tables $(DECODER_LR_RUNS) --out results/decoder_smollm2_tera_lr \
-	  --metric test_average_lmeval_acc --label-by method.decoder_lr \
+	  --metric test_average_lmeval_acc --task commonsense/offline --label-by method.decoder_lr \
 	  --title "TeRA learning rate on SmolLM2-135M, BIG-bench commonsense stand-ins (lm-eval accuracy, 200 items per task, 60 steps)"
+	$(PY) -m experiments.tables $(DECODER_LR_RUNS) --out results/decoder_smollm2_tera_lr_gsm8k \
+	  --metric test_gsm8k_lmeval_exact_match_flexible --task math/gsm8k --label-by method.decoder_lr \
+	  --title "TeRA learning rate on SmolLM2-135M, GSM8K offline stand-in split (lm-eval flexible exact match, 50 problems, 60 steps)"
 
 # make reproduce-table<N> [LAUNCHER=submitit_local|slurm] [ARGS="hydra.launcher.partition=gpu ..."], N = 1..5; and
 # make reproduce-table<N>-smoke for the offline variant (minutes here). Finished runs are skipped on a rerun.
