@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .specs import Column, TableSpec
+from .tables import mean_std
 
 
 def read_records(folder: Path) -> dict[str, dict[str, Any]]:
@@ -25,14 +26,10 @@ def read_records(folder: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _cell(values: list[float], expected: int) -> str:
     if not values:
         return "missing"
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values)
     text = f"{100 * mean:.2f} ± {100 * std:.2f}"
     return text if len(values) == expected else f"{text} ({len(values)}/{expected} seeds)"
 
@@ -192,7 +189,7 @@ def _csv_row(spec: TableSpec, row: dict[str, Any]) -> dict[str, Any]:
     for column in spec.columns:
         values = row[column.label]
         flat[f"{column.label} mean"] = 100 * statistics.fmean(values) if values else None
-        flat[f"{column.label} std"] = 100 * _mean_std(values)[1] if values else None
+        flat[f"{column.label} std"] = 100 * mean_std(values)[1] if values else None
         flat[f"{column.label} n"] = len(values)
     keys = ("trainable_params", "frozen_factor_values", "median_rank", "reference", "runs_found", "runs_expected")
     flat |= {k: row[k] for k in keys}

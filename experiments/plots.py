@@ -4,7 +4,6 @@ middle adapted layer)."""
 
 from __future__ import annotations
 
-import statistics
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .tables import mean_std  # noqa: E402
+
 SPECTRUM_METHODS = ("tera", "lora", "vera")
 
 
@@ -21,8 +22,9 @@ def _label(row: dict[str, Any]) -> str:
     return row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return 100 * statistics.fmean(values), (100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+def _percent(values: list[float]) -> tuple[float, float]:
+    mean, std = mean_std(values)
+    return 100 * mean, 100 * std
 
 
 def _save(fig, out: Path) -> Path:
@@ -43,7 +45,7 @@ def accuracy_vs_parameters(rows: list[dict[str, Any]], column: str, title: str, 
     markers = "osD^vP*X<>ph"
     for ax, model in zip(axes[0], models):
         for i, row in enumerate(r for r in points if r["model"] == model):
-            mean, std = _mean_std(row[column])
+            mean, std = _percent(row[column])
             ax.errorbar(
                 row["trainable_params"],
                 mean,
@@ -72,7 +74,7 @@ def variant_dots(rows: list[dict[str, Any]], column: str, title: str, out: Path)
         return None
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(shown) + 1.4))
     for i, row in enumerate(shown):
-        mean, std = _mean_std(row[column])
+        mean, std = _percent(row[column])
         ax.errorbar(mean, i, xerr=std or None, fmt="o", color="C0", capsize=3)
         cost = f"{row['trainable_params']:,} trained" if row.get("trainable_params") else ""
         if row.get("frozen_factor_values") is not None:

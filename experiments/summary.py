@@ -31,7 +31,7 @@ def _head(record: dict[str, Any], rank_line: str) -> list[str]:
     return [
         f"method       {record['method']} on {record['model']}, task {record['task']}, seed {record['seed']}",
         f"parameters   {record['trainable_params']:,} trainable of {record['total_params']:,}"
-        + (f"; {record['frozen_factor_values']:,} frozen random values beside them" if frozen else ""),
+        + (f"; {frozen:,} frozen random values beside them" if frozen else ""),
         f"rank of dW   {rank_line}",
     ]
 

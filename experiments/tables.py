@@ -44,7 +44,8 @@ def method_label(record: dict[str, Any], label_by: tuple[str, ...] = ()) -> str:
     return f"{record['method']} ({settings})" if settings else record["method"]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of the seeds of one cell."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -59,7 +60,7 @@ def summarise_groups(
     rows = []
     for (model, task, method), runs in sorted(groups.items()):
         values = [r["final_metrics"][metric] for r in runs]
-        mean, std = _mean_std(values)
+        mean, std = mean_std(values)
         ranks = [r["median_rank"] for r in runs if r.get("median_rank") is not None]
         rows.append(
             {

@@ -76,7 +76,7 @@ class TeraLayer(BaseTunerLayer):
         shared: BufferDict,
         plan: TensorPlan,
         config: TeraConfig,
-        group: str | None = None,
+        group: str,
         inference_mode: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -87,7 +87,7 @@ class TeraLayer(BaseTunerLayer):
             )
         object.__setattr__(self, "_tera_shared", shared)
         self.tera_plan[adapter_name] = plan
-        self.tera_factor_group[adapter_name] = plan.key if group is None else group
+        self.tera_factor_group[adapter_name] = group  # from factor_group(): the plan when shared
         self.tera_placement[adapter_name] = config.diagonal_placement
         self.tera_scaling[adapter_name] = config.scaling
         self.tera_forward_path[adapter_name] = config.forward_path
@@ -200,7 +200,7 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
         plan: TensorPlan,
         adapter_name: str,
         config: TeraConfig,
-        group: str | None = None,
+        group: str,
         **kwargs: Any,
     ) -> None:
         super().__init__()
