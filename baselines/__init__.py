@@ -4,6 +4,6 @@ LoRA, DoRA, VeRA, HiRA, LoKr (the KronA family) and RandLoRA come from PEFT, TeR
 in ``baselines.mora`` (it is not in PEFT), and ``full`` trains every weight.
 """
 
-from .registry import METHODS, UnknownMethod, apply_method, make_peft_config
+from .registry import METHODS, UnknownMethod, apply_method, check_targets, make_peft_config, trains_every_weight
 
-__all__ = ["METHODS", "UnknownMethod", "apply_method", "make_peft_config"]
+__all__ = ["METHODS", "UnknownMethod", "apply_method", "check_targets", "make_peft_config", "trains_every_weight"]

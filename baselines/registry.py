@@ -45,6 +45,12 @@ class UnknownMethod(ValueError):
     """A method name that the registry does not know, or options its config does not accept."""
 
 
+def trains_every_weight(name: str) -> bool:
+    """Full fine-tuning: no adapter, every weight trains (no rank report, no separate head learning rate)."""
+    _check(name)
+    return METHODS[name] is None
+
+
 def _check(name: str) -> None:
     if name not in METHODS:
         raise UnknownMethod(f"Unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}.")
@@ -70,6 +76,43 @@ def make_peft_config(
         return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
     except TypeError as err:  # an option the method's config does not have
         raise UnknownMethod(f"Method {name!r} does not accept these options ({err}); check method.peft.") from err
+    except ValueError as err:  # a value the method's config refuses (its own check, e.g. a ratio out of range)
+        raise UnknownMethod(
+            f"Method {name!r} refuses these options: {str(err).rstrip('.')}; check method.peft."
+        ) from err
+
+
+# Methods whose layers wrap nn.Linear only (PEFT's LoRA family also takes embeddings and convolutions).
+LINEAR_ONLY = {"tera", "mora", "vera", "randlora", "hira"}
+
+
+def check_targets(model: nn.Module, name: str, target_modules: list[str]) -> None:
+    """Refuse targets that match no module, or (for Linear-only methods) a module that is not a linear layer, with one
+    sentence that lists what the model's linear layers are called."""
+    if METHODS.get(name) is None:  # full fine-tuning has no targets
+        return
+    from transformers.pytorch_utils import Conv1D
+
+    linear = (nn.Linear, Conv1D)
+    matched = {
+        target: [module for key, module in model.named_modules() if key == target or key.endswith(f".{target}")]
+        for target in target_modules
+    }
+    linear_names = sorted({key.rsplit(".", 1)[-1] for key, m in model.named_modules() if isinstance(m, linear)})
+    unmatched = [target for target, modules in matched.items() if not modules]
+    if unmatched:
+        raise UnknownMethod(
+            f"Target module(s) {unmatched} match nothing in {type(model).__name__}; its linear layers are named "
+            f"{linear_names} (set method.target_modules)."
+        )
+    if name in LINEAR_ONLY:
+        for target, modules in matched.items():
+            other = sorted({type(m).__name__ for m in modules if not isinstance(m, linear)})
+            if other:
+                raise UnknownMethod(
+                    f"Target {target!r} matches {', '.join(other)} module(s), but {name} adapts linear layers only; "
+                    f"choose among {linear_names} (method.target_modules)."
+                )
 
 
 def apply_method(

@@ -7,6 +7,7 @@ PRNG: identical on every rank (checked once at start) and never all-reduced (``b
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -51,6 +52,13 @@ def wrap(model: nn.Module) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, broadcast_buffers=False)
+
+
+def sync_gradients(forward: nn.Module, sync: bool):
+    """DDP all-reduces gradients on every backward unless told not to: skip it on the accumulation micro-steps."""
+    if sync or not hasattr(forward, "no_sync"):
+        return contextlib.nullcontext()
+    return forward.no_sync()
 
 
 def check_same_buffers(model: nn.Module, prefix: str = "tera_shared") -> None:

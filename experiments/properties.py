@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from baselines import apply_method
 
+from .naming import properties_name
 from .records import environment, write_json_atomic
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -29,6 +30,7 @@ SHAPES = {
     "llama2-7b-shapes": {"dims": (4096, 11008, 32, 32), "layers": 32},
     "llama3-8b-shapes": {"dims": (4096, 14336, 32, 8), "layers": 32},
     "smollm2-135m-shapes": {"dims": (576, 1536, 9, 3), "layers": 30},
+    "tiny-llama-shapes": {"dims": (64, 128, 4, 2), "layers": 2},  # conf/model/tiny-llama's dimensions: small, for tests
 }
 
 
@@ -98,7 +100,7 @@ def run_properties(models: list[str], methods: list[str], output_dir: Path) -> l
     paths = []
     for model_name in models:
         for method in tqdm(methods, desc=f"properties {model_name}"):
-            path = output_dir / f"{method}-{model_name}.json"
+            path = output_dir / f"{properties_name(method, model_name)}.json"
             if path.exists():
                 print(f"skip {path.name} (complete)")
             else:

@@ -59,9 +59,10 @@ def run_identity(cfg: Any, config: dict[str, Any], device: torch.device | str | 
 def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
     """Per-layer trainable count, rank bound and measured rank of dW, the median rank, the singular values of the
     middle adapted layer's dW (none of these for full FT), and the frozen random values the adapter keeps."""
+    from baselines import trains_every_weight
     from tera.analysis import adapter_report, delta_spectrum, frozen_factor_values
 
-    if method == "full":
+    if trains_every_weight(method):
         return {"layers": [], "median_rank": None, "spectrum": None, "frozen_factor_values": 0}
     layers = [r.as_dict() for r in adapter_report(model)]
     ranks = [layer["rank"] for layer in layers]

@@ -1,12 +1,14 @@
-"""Rebuild a paper table: run its grid through run.py (Hydra multirun), then render it and its plots.
+"""Rebuild a declared table: run its grid through run.py (Hydra multirun), then render it and its plots.
 
 python -m experiments.reproduce table2 --smoke                        # offline models, minutes on a CPU
 python -m experiments.reproduce table2 --launcher slurm -- hydra.launcher.partition=gpu hydra.launcher.account=lab
 python -m experiments.reproduce table3 --render-only                  # re-render from the records there are
+python -m experiments.reproduce decoder_tera_lr --dry-run             # print the Hydra multirun commands
 
 Runs whose records are complete with the same settings are skipped (run.py's skip_complete), so an interrupted or
-partly failed sweep is finished by running the same command again. Records land in results/runs/<table>[-smoke]/,
-the table in results/<table>[-smoke].md/.csv, plots in results/plots/.
+partly failed sweep is finished by running the same command again. Records land in results/runs/<records>/ (a spec's
+``records``, default <name>[-smoke]), each table in results/<out>.md/.csv (default <name>[-smoke]), plots in
+results/plots/.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from . import plots
-from .paper_tables import accuracy_rows, read_records, write_spec_table
-from .specs import SpecError, TableSpec, available, load_spec, slug
+from . import naming, plots
+from .paper_tables import accuracy_rows, write_spec_table
+from .specs import SpecError, TableSpec, available, load_tables
+from .tables import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = ("basic", "submitit_local", "slurm")
@@ -39,8 +42,7 @@ def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: l
     for (variant, model, task), runs in groups.items():
         methods = sorted({r.method for r in runs}, key=[r.method for r in runs].index)
         seeds = sorted({r.seed for r in runs})
-        suffix = f"-{slug(variant.label)}" if variant.label else ""
-        run_name = "${method.name}-" + task.replace("/", "-") + f"-{model}-s${{seed}}{suffix}"
+        run_name = naming.hydra_run_name(task, model, variant.piece, runs[0].template)
         command = [sys.executable, "run.py", "-m", f"model={model}", f"task={task}"]
         command += [f"method={','.join(methods)}", f"seed={','.join(map(str, seeds))}"]
         command += [*spec.overrides, *variant.overrides, f"output_dir={output_dir}", f"run_name={run_name}"]
@@ -51,19 +53,29 @@ def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: l
     return commands
 
 
-def render(spec: TableSpec, records_dir: Path, results: Path) -> str:
-    markdown = write_spec_table(spec, records_dir, results / spec.tag)
+def render(spec: TableSpec, results: Path) -> str:
+    records_dir = results / "runs" / spec.records_dir
+    markdown = write_spec_table(spec, records_dir, results / spec.out_name)
     if spec.kind == "accuracy":
         records = read_records(records_dir)
         rows = accuracy_rows(spec, records)
         main = spec.reference["column"] if spec.reference else spec.columns[-1].label
-        plots.accuracy_vs_parameters(rows, main, spec.title, results / "plots" / f"{spec.tag}-accuracy-vs-params.png")
-        plots.variant_dots(rows, main, spec.title, results / "plots" / f"{spec.tag}-variants.png")  # ablations only
-        wanted = {r.name for r in spec.runs()}
-        plots.spectra(
-            [rec for name, rec in records.items() if name in wanted], results / "plots" / f"{spec.tag}-spectra.png"
-        )
+        figures = results / "plots"
+        plots.accuracy_vs_parameters(rows, main, spec.title, figures / f"{spec.out_name}-accuracy-vs-params.png")
+        plots.variant_dots(rows, main, spec.title, figures / f"{spec.out_name}-variants.png")  # ablations only
+        wanted = [records[run.name] for run in spec.runs() if run.name in records]
+        plots.spectra(wanted, figures / f"{spec.out_name}-spectra.png")
     return markdown
+
+
+def commands(specs: list[TableSpec], results: Path, launcher: str, extra: list[str]) -> list[list[str]]:
+    """Every table's multiruns, each once (tables of one spec may share runs)."""
+    unique: list[list[str]] = []
+    for spec in specs:
+        for command in multirun_commands(spec, results / "runs" / spec.records_dir, launcher, extra):
+            if command not in unique:
+                unique.append(command)
+    return unique
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,37 +89,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
     try:
-        spec = load_spec(args.table, smoke=args.smoke)
+        specs = load_tables(args.table, smoke=args.smoke)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    records_dir = args.results / "runs" / spec.tag
     started = time.perf_counter()
     if not args.render_only:
-        if spec.kind == "properties":
+        for spec in (s for s in specs if s.kind == "properties"):
+            records_dir = args.results / "runs" / spec.records_dir
             if args.dry_run:
                 print(f"measure {spec.grid['model']} x {spec.grid['method']} -> {records_dir}")
             else:
                 from .properties import run_properties
 
                 run_properties(list(spec.grid["model"]), list(spec.grid["method"]), records_dir)
-        else:
-            for command in multirun_commands(spec, records_dir, args.launcher, args.extra):
-                print("$ " + " ".join(command[1:]), flush=True)
-                if args.dry_run:
-                    continue
-                if subprocess.run(command, cwd=ROOT).returncode != 0:
-                    print(
-                        f"error: a run of {spec.tag} failed; fix it and run the same command again (finished runs "
-                        f"are skipped).",
-                        file=sys.stderr,
-                    )
-                    render(spec, records_dir, args.results)
-                    return 1
+        for command in commands(specs, args.results, args.launcher, args.extra):
+            print("$ " + " ".join(command[1:]), flush=True)
+            if args.dry_run:
+                continue
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                print(
+                    f"error: a run of {args.table} failed; fix it and run the same command again (finished runs are "
+                    f"skipped).",
+                    file=sys.stderr,
+                )
+                for spec in specs:
+                    render(spec, args.results)
+                return 1
     if args.dry_run:
         return 0
-    print(render(spec, records_dir, args.results))
-    print(f"{spec.tag}: {time.perf_counter() - started:.0f} s; records in {records_dir}")
+    for spec in specs:
+        print(render(spec, args.results))
+    folders = ", ".join(sorted({str(args.results / "runs" / spec.records_dir) for spec in specs}))
+    print(f"{args.table}{'-smoke' if args.smoke else ''}: {time.perf_counter() - started:.0f} s; records in {folders}")
     return 0
 
 

@@ -1,23 +1,43 @@
-"""Paper tables as data: ``experiments/specs/table<N>.yaml`` declares the grid, the columns and the published
+"""Tables as data: ``experiments/specs/<name>.yaml`` declares a grid, its columns and, for paper tables, the published
 reference numbers; this module reads a spec and expands it into runs (each one ``run.py`` invocation's overrides).
 
-A spec's ``smoke`` section gives ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference``) of
-the variant that runs here on the offline models in minutes; it keeps the table's ablation ``variants`` and
-``show_frozen`` (a column of the frozen random values each adapter keeps, for the factor-sharing ablation).
+Keys of a spec (and of each entry of its ``tables`` list, which inherits the rest):
+
+- ``name``, ``kind`` (``accuracy`` or ``properties``), ``title``;
+- ``grid``: lists of ``model``, ``task``, ``method``, ``seed`` (a ``tables`` entry's grid replaces single keys);
+- ``overrides``: Hydra overrides for every run (a ``tables`` entry's are added to them);
+- ``variants``: each a ``label`` (its table column), ``overrides``, and optionally ``methods`` (only these run in it),
+  ``name`` (its piece of the run name, default: the label as a slug) and ``run_name`` (a template for its runs);
+- ``run_name``: the record-name template (``experiments.naming``; default the suite's convention), so records made
+  under older names keep matching and run.py keeps skipping them;
+- ``columns`` (``metric``, ``label``, optionally ``task`` or ``average``), ``reference`` (``column``, ``source``,
+  ``values`` by model and method), ``show_frozen`` (a column of the frozen random values each adapter keeps);
+- ``records``: the folder under ``results/runs`` (default ``<name>[-smoke]``), ``out``: the table's file name under
+  ``results`` (default the same);
+- ``tables``: several tables from one spec (each needs its own ``out``), e.g. one per task with their own grid,
+  overrides and variants;
+- ``smoke``: ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference``) of the variant that runs
+  here on the offline models in minutes; it keeps the spec's ``variants``, ``show_frozen`` and ``run_name``, and
+  writes to ``<name>-smoke``.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import naming
+from .tables import Column
+
 SPECS = Path(__file__).parent / "specs"
 GRID_KEYS = ("model", "task", "method", "seed")
+KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
+KEYS |= {"records", "out", "tables", "smoke"}
+VARIANT_KEYS = {"label", "overrides", "methods", "name", "run_name"}
 
 
 class SpecError(ValueError):
@@ -25,17 +45,16 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class Column:
-    label: str
-    metric: str | None = None
-    task: str | None = None  # only records of this task fill the column (GLUE: one task per column)
-    average: bool = False  # the mean of the other columns
-
-
-@dataclass(frozen=True)
 class Variant:
     label: str
     overrides: tuple[str, ...] = ()
+    methods: tuple[str, ...] | None = None  # only these methods of the grid run in this variant
+    name: str | None = None  # its piece of the run name; default: the label as a slug
+    run_name: str | None = None  # a record-name template for this variant's runs, instead of the spec's
+
+    @property
+    def piece(self) -> str:
+        return naming.slug(self.label) if self.name is None else self.name
 
 
 @dataclass
@@ -50,10 +69,21 @@ class TableSpec:
     reference: dict[str, Any] | None = None
     show_frozen: bool = False  # a "frozen random values" column (factor sharing ablations)
     smoke: bool = False
+    run_name: str = naming.RUN_NAME
+    records: str | None = None  # folder under results/runs; default: the tag
+    out: str | None = None  # file name under results (without suffix); default: the tag
 
     @property
     def tag(self) -> str:
         return f"{self.name}-smoke" if self.smoke else self.name
+
+    @property
+    def records_dir(self) -> str:
+        return self.records or self.tag
+
+    @property
+    def out_name(self) -> str:
+        return self.out or self.tag
 
     def runs(self) -> list[Run]:
         """Every run of the grid, in a stable order: variant, model, task, method, seed."""
@@ -63,7 +93,8 @@ class TableSpec:
         runs = []
         for variant in self.variants:
             for model, task, method, seed in itertools.product(*grid):
-                runs.append(Run(self, variant, model, task, method, int(seed)))
+                if variant.methods is None or method in variant.methods:
+                    runs.append(Run(self, variant, model, task, method, int(seed)))
         return runs
 
 
@@ -77,9 +108,12 @@ class Run:
     seed: int
 
     @property
+    def template(self) -> str:
+        return self.variant.run_name or self.spec.run_name
+
+    @property
     def name(self) -> str:
-        suffix = f"-{slug(self.variant.label)}" if self.variant.label else ""
-        return f"{self.method}-{self.task.replace('/', '-')}-{self.model}-s{self.seed}{suffix}"
+        return naming.run_name(self.method, self.task, self.model, self.seed, self.variant.piece, self.template)
 
     def overrides(self, output_dir: str | Path) -> list[str]:
         return [
@@ -94,44 +128,79 @@ class Run:
         ]
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def available() -> list[str]:
-    return sorted(p.stem for p in SPECS.glob("table*.yaml"))
+    """Every declared spec, by file name."""
+    return sorted(p.stem for p in SPECS.glob("*.yaml"))
 
 
-def load_spec(name: str, smoke: bool = False, folder: Path = SPECS) -> TableSpec:
+def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[TableSpec]:
+    """The table(s) a spec declares, checked: one per entry of its ``tables`` list, or the spec itself."""
     path = folder / f"{name}.yaml"
     if not path.exists():
         raise SpecError(f"No table spec {name!r}; known: {', '.join(available())}.")
     raw = yaml.safe_load(path.read_text())
+    _check_keys(name, raw, "")
     if smoke:
         if not raw.get("smoke"):
             raise SpecError(f"Table spec {name} has no smoke variant.")
-        # The smoke variant keeps the table's identity and ablation variants; the rest is its own (no reference
-        # numbers unless it names some: published figures are not about the offline models).
-        kept = {k: raw[k] for k in ("name", "kind", "variants", "show_frozen") if k in raw}
+        _check_keys(name, raw["smoke"], " in its smoke section")
+        # The smoke variant keeps the table's identity, ablation variants and record names; the rest is its own (no
+        # reference numbers unless it names some: published figures are not about the offline models).
+        kept = {k: raw[k] for k in ("name", "kind", "variants", "show_frozen", "run_name") if k in raw}
         raw = {**kept, "reference": None, **raw["smoke"]}
-    return parse_spec(raw, smoke)
+    parts = raw.pop("tables", None) or [{}]
+    raw.pop("smoke", None)
+    specs = [parse_spec(_merge(raw, part), smoke) for part in parts]
+    outs = [spec.out_name for spec in specs]
+    if len(set(outs)) < len(outs):
+        raise SpecError(f"Table spec {name}: give each entry of tables its own out (file name).")
+    check_run_names(specs)
+    return specs
+
+
+def _check_keys(name: str, raw: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        known = ", ".join(sorted(KEYS))
+        raise SpecError(f"Table spec {name}: unknown keys {', '.join(unknown)}{where}; known: {known}.")
+
+
+def _merge(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """A ``tables`` entry over the spec: its keys replace the spec's, except grid (key by key) and overrides (added)."""
+    _check_keys(base.get("name", "?"), part, " in a tables entry")
+    merged = {**base, **part}
+    merged["grid"] = {**(base.get("grid") or {}), **(part.get("grid") or {})}
+    merged["overrides"] = [*(base.get("overrides") or []), *(part.get("overrides") or [])]
+    return merged
 
 
 def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
     kind = raw.get("kind", "accuracy")
+    name = raw.get("name")
     if kind not in ("accuracy", "properties"):
-        raise SpecError(f"Table {raw.get('name')}: kind must be accuracy or properties, got {kind!r}.")
+        raise SpecError(f"Table {name}: kind must be accuracy or properties, got {kind!r}.")
     grid = dict(raw.get("grid") or {})
     needed = ("model", "method") if kind == "properties" else GRID_KEYS
     missing = [key for key in needed if not grid.get(key)]
     if missing:
-        raise SpecError(f"Table {raw.get('name')}: the grid needs a non-empty list for {', '.join(missing)}.")
-    columns = [Column(**c) for c in raw.get("columns") or []]
+        raise SpecError(f"Table {name}: the grid needs a non-empty list for {', '.join(missing)}.")
+    try:
+        columns = [Column(**c) for c in raw.get("columns") or []]
+    except TypeError as err:
+        raise SpecError(f"Table {name}: a column takes label, metric, task and average ({err}).") from None
     if kind == "accuracy" and not columns:
-        raise SpecError(f"Table {raw.get('name')}: name at least one column (metric and label).")
-    variants = [Variant(v["label"], tuple(v.get("overrides") or ())) for v in raw.get("variants") or []]
+        raise SpecError(f"Table {name}: name at least one column (metric and label).")
+    variants = [_variant(name, v, grid.get("method", [])) for v in raw.get("variants") or []]
+    template = raw.get("run_name") or naming.RUN_NAME
+    for text in [template, *(v.run_name for v in variants if v.run_name)]:
+        try:
+            naming.run_name("m", "s/t", "x", 0, "v", text)
+        except ValueError as err:
+            raise SpecError(f"Table {name}: {err}") from None
+    if not raw.get("title"):
+        raise SpecError(f"Table {name}: give it a title.")
     return TableSpec(
-        name=raw["name"],
+        name=name,
         kind=kind,
         title=raw["title"],
         grid=grid,
@@ -141,4 +210,40 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         reference=raw.get("reference"),
         show_frozen=bool(raw.get("show_frozen", False)),
         smoke=smoke,
+        run_name=template,
+        records=raw.get("records"),
+        out=raw.get("out"),
     )
+
+
+def _variant(table: str | None, raw: dict[str, Any], methods: list[str]) -> Variant:
+    unknown = sorted(set(raw) - VARIANT_KEYS)
+    if unknown or "label" not in raw:
+        known = ", ".join(sorted(VARIANT_KEYS))
+        raise SpecError(
+            f"Table {table}: a variant takes {known} (a label at least); got {', '.join(sorted(raw)) or 'nothing'}."
+        )
+    only = tuple(raw["methods"]) if raw.get("methods") is not None else None
+    if only is not None and not set(only) <= set(methods):
+        raise SpecError(f"Table {table}: variant {raw['label']!r} names methods outside the grid: {', '.join(only)}.")
+    variant = Variant(str(raw["label"]), tuple(raw.get("overrides") or ()), only, raw.get("name"), raw.get("run_name"))
+    if not naming.NAME_PIECE.fullmatch(variant.piece):
+        raise SpecError(f"Table {table}: variant name {variant.piece!r} may only use letters, digits, '.', '_', '-'.")
+    return variant
+
+
+def check_run_names(specs: list[TableSpec]) -> None:
+    """A record belongs to exactly one run: two runs that compute different things never share a name."""
+    seen: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        for run in spec.runs():
+            settings = tuple(run.overrides(""))
+            if not naming.NAME_PIECE.fullmatch(run.name):
+                raise SpecError(
+                    f"Table {spec.name}: run name {run.name!r} may only use letters, digits, '.', '_', '-'."
+                )
+            if seen.setdefault(run.name, settings) != settings:
+                raise SpecError(
+                    f"Table {spec.name}: two different runs share the record name {run.name!r}; give their variants "
+                    f"distinct names or the spec a run_name template that tells them apart."
+                )

@@ -122,7 +122,7 @@ def train(
     eval_every: int | None = None,
     evaluate_fn: Callable[[int], dict[str, Any]] | None = None,
     log_fn: Callable[[int, float], None] | None = None,
-    log_every: int = 10,
+    log_every: int = 10,  # losses are read from the device (a sync) only at log, evaluation and checkpoint steps
     checkpoint: Checkpointer | None = None,
 ) -> TrainResult:
     """``steps`` optimizer steps of AdamW with linear warm-up and decay, each over ``grad_accum`` micro-batches.
@@ -135,6 +135,8 @@ def train(
     optimizer = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
     amp = autocast_dtype(precision, device)
+    # fp16 needs loss scaling (bf16 and fp32 do not): gradients that underflow would silently be zero.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     trainable = [p for group in param_groups for p in group["params"]]
     result = TrainResult(steps=steps, train_seconds=0.0)
     first = 1
@@ -153,35 +155,52 @@ def train(
         checkpoint = None  # checkpointing off: no periodic saves, no saving on a signal (the loaded one still counts)
     # Only with a checkpoint is a preemption signal worth deferring to the end of the step.
     guard = PreemptionGuard() if checkpoint is not None else contextlib.nullcontext()
+    pending: list[torch.Tensor] = []  # step losses still on the device: read them (one sync) only when needed
+
+    def flush_losses() -> None:
+        if pending:
+            result.losses.extend(torch.stack(pending).tolist())
+            pending.clear()
+
     with guard:
         for step in bar:
             model.train()
-            step_loss = 0.0
-            for _ in range(grad_accum):
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
-                loss.backward()
-                step_loss += loss.item()
+            step_loss = torch.zeros((), device=device)
+            for micro in range(grad_accum):
+                # Under DDP, all-reduce the gradients once per optimizer step: on the last micro-batch only.
+                with distributed.sync_gradients(forward, micro == grad_accum - 1):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
+                    scaler.scale(loss).backward()
+                step_loss += loss.detach().float()
             if max_grad_norm:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            result.losses.append(step_loss)
-            if log_fn is not None and (step % log_every == 0 or step == steps):
-                log_fn(step, result.losses[-1])
-            bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
-            if evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps:
+            pending.append(step_loss)
+            evaluating = evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps
+            due = checkpoint is not None and checkpoint.due(step, steps)
+            if step % log_every == 0 or step == steps or evaluating or due:
+                flush_losses()
+                if log_fn is not None:
+                    log_fn(step, result.losses[-1])
+                bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
+            if evaluating:
                 result.train_seconds += time.perf_counter() - start
                 result.evaluations.append({"step": step, **evaluate_fn(step)})
                 start = time.perf_counter()
             preempted = checkpoint is not None and guard.pending is not None
-            if checkpoint is not None and (checkpoint.due(step, steps) or preempted) and distributed.is_main():
+            if (due or preempted) and distributed.is_main():
+                flush_losses()
                 elapsed = result.train_seconds + time.perf_counter() - start
                 state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
                 checkpoint.save(model, optimizer, scheduler, step, state)
             if preempted:
                 print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
                 guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
+    flush_losses()
     result.train_seconds += time.perf_counter() - start
     return result

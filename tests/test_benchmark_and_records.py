@@ -92,6 +92,7 @@ def test_render_names_device_versions_ratios_and_targets():
     assert "- unmerged TeRA overhead: prefill 1.50x, decode 1.50x the base model" in text
 
 
+@pytest.mark.slow
 def test_run_all_writes_record_and_report(tmp_path):
     preset = dict(TINY, methods=["base", "lora", "tera"])
     record = efficiency.run_all(preset, tmp_path, tmp_path / "eff.md")

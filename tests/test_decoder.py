@@ -9,7 +9,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from experiments import harness
+from experiments import pipeline
 from experiments.causal import offline, tasks
 from experiments.causal.batching import IGNORE, bucketed_batches, collate, tokenize_example
 from experiments.causal.extraction import (
@@ -22,6 +22,7 @@ from experiments.causal.extraction import (
 from experiments.causal.lmeval import evaluate_with_lm_eval, write_tasks
 from experiments.causal.models import tiny_llama
 from experiments.causal.prompts import ANSWER_LEAD, HEADER
+from experiments.errors import IncompatibleChoice
 from experiments.tasks import DataUnavailable
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -195,6 +196,7 @@ def test_lm_eval_gsm8k_filters_and_exact_match(text, strict, flexible):
 # ---------------------------------------------------------------- lm-eval task files and data sources
 
 
+@pytest.mark.slow
 def test_generated_lm_eval_tasks_load_local_files(tmp_path):
     from lm_eval.tasks import TaskManager
 
@@ -215,6 +217,7 @@ def test_generated_lm_eval_tasks_load_local_files(tmp_path):
     assert gsm8k.doc_to_target(list(gsm8k.test_docs())[2]) == "2000"
 
 
+@pytest.mark.slow
 def test_lm_eval_accuracy_equals_hand_computed_log_likelihood_choice(tiny, tmp_path):
     """lm-eval on the in-memory PEFT model picks, per item, the answer word of highest log-likelihood."""
     from baselines import apply_method
@@ -269,7 +272,7 @@ def test_local_files_of_the_hub_schema(tmp_path):
 
 
 def test_missing_local_file_and_unknown_source_are_one_sentence(tmp_path):
-    with pytest.raises(DataUnavailable, match="missing file"):
+    with pytest.raises(DataUnavailable, match="The data file .*no.jsonl does not exist"):
         tasks.load_decoder_task(
             {"train_on": ["boolq"], "evaluate_on": ["boolq"], "data_files": {"train": str(tmp_path / "no.jsonl")}}
         )
@@ -339,12 +342,13 @@ def _compose(*overrides: str):
 
 
 def test_encoder_model_on_a_decoder_task_is_one_clear_error():
-    with pytest.raises(harness.IncompatibleChoice, match="needs a decoder"):
-        harness.run_experiment(_compose("task=math/gsm8k", "model=minilm", "logger=none"))
-    with pytest.raises(harness.IncompatibleChoice, match="needs an encoder"):
-        harness.run_experiment(_compose("task=glue/sst2", "model=tiny-llama", "logger=none"))
+    with pytest.raises(IncompatibleChoice, match="needs a decoder"):
+        pipeline.run_experiment(_compose("task=math/gsm8k", "model=minilm", "logger=none"))
+    with pytest.raises(IncompatibleChoice, match="needs an encoder"):
+        pipeline.run_experiment(_compose("task=glue/sst2", "model=tiny-llama", "logger=none"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["tera", "lora"])
 def test_tiny_llama_trains_and_evaluates_end_to_end(tmp_path, method):
     train, test = _jsonl(tmp_path / "train.jsonl", BOOLQ_ROWS * 3), _jsonl(tmp_path / "test.jsonl", BOOLQ_ROWS)
@@ -362,7 +366,7 @@ def test_tiny_llama_trains_and_evaluates_end_to_end(tmp_path, method):
         "logger=none",
         f"output_dir={tmp_path / 'runs'}",
     )
-    record, path = harness.run_experiment(cfg)
+    record, path = pipeline.run_experiment(cfg)
     assert json.loads(path.read_text())["complete"] and path.name == f"{method}-commonsense-boolq-tiny-llama-s0.json"
     metrics = record["final_metrics"]
     assert {"test_boolq_lmeval_acc", "test_boolq_lmeval_acc_norm", "test_boolq_llmadapters_gen_acc"} <= set(metrics)
@@ -373,6 +377,7 @@ def test_tiny_llama_trains_and_evaluates_end_to_end(tmp_path, method):
     assert len(record["generations"]["boolq"]) == 4
 
 
+@pytest.mark.slow
 def test_tiny_llama_math_generation_end_to_end_and_zero_step_baseline(tmp_path):
     files = _jsonl(tmp_path / "gsm.jsonl", GSM8K_ROWS)
     cfg = _compose(
@@ -386,7 +391,7 @@ def test_tiny_llama_math_generation_end_to_end_and_zero_step_baseline(tmp_path):
         "logger=none",
         f"output_dir={tmp_path}",
     )
-    record, _ = harness.run_experiment(cfg)
+    record, _ = pipeline.run_experiment(cfg)
     assert record["steps"] == 0 and record["loss_first"] is None
     assert {"test_gsm8k_lmeval_exact_match_strict", "test_gsm8k_lmeval_exact_match_flexible"} <= set(
         record["final_metrics"]
@@ -395,6 +400,7 @@ def test_tiny_llama_math_generation_end_to_end_and_zero_step_baseline(tmp_path):
     assert record["median_rank"] == 0  # an untrained TeRA adapter changes nothing: the base model is evaluated
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path):
     """The 7B/8B settings (checkpointing, bf16) exercised on the tiny model: TeRA's custom backward runs under both."""
     train = _jsonl(tmp_path / "train.jsonl", BOOLQ_ROWS)
@@ -411,7 +417,7 @@ def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path)
         f"output_dir={tmp_path}",
     )
     assert cfg.train.gradient_checkpointing is True
-    record, _ = harness.run_experiment(cfg)
+    record, _ = pipeline.run_experiment(cfg)
     assert math.isfinite(record["loss_first"]) and math.isfinite(record["loss_last_20"])
     assert record["median_rank"] > 0  # the diagonals moved: gradients crossed the checkpointed blocks
 

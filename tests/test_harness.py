@@ -1,62 +1,56 @@
-"""The experiment harness: config composition, short runs of every method, records, errors, W&B tables."""
+"""The run pipeline: config composition, short runs of every method, records, errors, W&B tables."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from baselines import METHODS, UnknownMethod, make_peft_config
-from experiments import harness
-from run import _options, check_choices
+from experiments import pipeline
+from experiments.schema import validate
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
-TASKS = _options("task")
-ALL_METHODS = _options("method")
+from .helpers import cli, last_error, options
+from .helpers import compose as _compose
 
-
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+TASKS = options("task")
+ALL_METHODS = options("method")
 
 
-def test_config_groups_list_every_method_and_task():
+MODELS = options("model")
+DECODER_TASKS = [t for t in TASKS if t.startswith(("commonsense/", "math/"))]
+
+
+def _model_for(task: str) -> str:
+    return "llama2-7b" if task in DECODER_TASKS else "roberta-base"
+
+
+def test_the_method_group_is_the_registry():
     assert ALL_METHODS == sorted(METHODS)
-    encoder_tasks = ["glue/cola", "glue/mrpc", "glue/qnli", "glue/rte", "glue/sst2", "glue/stsb", "sentiment/tweets"]
-    assert [t for t in TASKS if not t.startswith(("commonsense/", "math/"))] == encoder_tasks
-    commonsense = {"boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa", "all"}
-    assert commonsense | {"offline", "bb_siqa", "bb_strategyqa", "bb_winowhy"} == {
-        t.split("/")[1] for t in TASKS if t.startswith("commonsense/")
-    }
-    assert [t for t in TASKS if t.startswith("math/")] == ["math/gsm8k", "math/metamath"]
-    assert _options("model") == [
-        "gemma3-270m",
-        "llama2-7b",
-        "llama3-8b",
-        "minilm",
-        "roberta-base",
-        "roberta-large",
-        "smollm2-135m",
-        "tiny",
-        "tiny-llama",
-    ]
 
 
 @pytest.mark.parametrize("task", TASKS)
+def test_every_task_passes_the_schema(task):
+    """Every task on disk composes with a model of its kind and passes the schema (each method below)."""
+    cfg = _compose(f"task={task}", f"model={_model_for(task)}")
+    settings = validate(cfg)
+    assert settings.family == ("causal" if task in DECODER_TASKS else "classification")
+    assert (
+        OmegaConf.to_container(cfg, resolve=True)["run_name"] == f"tera-{task.replace('/', '-')}-{_model_for(task)}-s0"
+    )
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_every_method_and_task_composes(method, task):
-    cfg = _compose(f"method={method}", f"task={task}", "model=roberta-base")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved["run_name"] == f"{method}-{task.replace('/', '-')}-roberta-base-s0"
-    assert resolved["train"]["max_length"] == 512  # GLUE's protocol length, or roberta-base's own
-    peft = resolved["method"]["peft"] or {}
-    config = make_peft_config(method, ["query", "value"], ["classifier"], **peft)
+def test_every_method_and_model_passes_the_schema(method, model):
+    task = (
+        "math/gsm8k"
+        if model in ("gemma3-270m", "llama2-7b", "llama3-8b", "smollm2-135m", "tiny-llama")
+        else "glue/sst2"
+    )
+    settings = validate(_compose(f"method={method}", f"task={task}", f"model={model}"))
+    config = make_peft_config(method, settings.model.target_modules, None, **(settings.method.peft or {}))
     assert (config is None) == (method == "full")
 
 
@@ -108,11 +102,10 @@ def _run(tmp_path, *overrides):
         f"output_dir={tmp_path}",
         "train.max_steps=3",
         "train.batch_size=4",
-        "train.epochs=null",
         "train.eval_every=2",
         *overrides,
     )
-    return harness.run_experiment(cfg)
+    return pipeline.run_experiment(cfg)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
@@ -189,36 +182,21 @@ def test_interrupted_run_leaves_no_record(tmp_path, glue_fixture, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness, "train", interrupted)
+    monkeypatch.setattr(pipeline, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "task=glue/sst2", _data_files_override(glue_fixture["sst2"]))
     assert list(tmp_path.glob("*.json")) == []
 
 
-def test_unknown_choices_list_the_valid_ones():
-    assert check_choices(["method=loraa"]) == (
-        "Unknown method 'loraa'; choose one of: dora, full, hira, lokr, lora, mora, randlora, tera, vera."
-    )
-    assert "glue/sst2" in check_choices(["task=glue/sst3"])
-    assert check_choices(["model=gpt5"]).startswith("Unknown model 'gpt5'; choose one of: gemma3-270m, llama2-7b")
-    assert check_choices(["method=lora", "task=glue/rte", "seed=3"]) is None
-
-
-def _cli(*args, **env):
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
-
-
+@pytest.mark.slow
 def test_cli_errors_are_one_sentence_with_nonzero_exit(tmp_path):
-    proc = _cli("method=nope")
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: Unknown method 'nope'; choose one of")
-    proc = _cli(
+    proc = cli("method=nope")
+    assert proc.returncode == 2
+    assert last_error(proc) == (
+        "error: In 'config': Could not find 'method/nope'; choose one of method: dora, full, hira, lokr, lora, mora, "
+        "randlora, tera, vera."
+    )
+    proc = cli(
         "task=glue/rte",
         "model=tiny",
         "logger=none",
@@ -227,15 +205,19 @@ def test_cli_errors_are_one_sentence_with_nonzero_exit(tmp_path):
         HF_DATASETS_OFFLINE="1",
     )
     assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: Cannot load nyu-mll/glue/rte from the hub") and "task.data_files=" in last
+    assert last_error(proc).startswith("error: Cannot load nyu-mll/glue (rte) from the hub")
+    assert "task.data_files=" in last_error(proc)
     assert list(tmp_path.glob("*.json")) == []
-    proc = _cli("model=tiny", "logger=none", "task.data_files={train:/nonexistent.csv}")
-    assert proc.returncode == 2 and "missing file(s): /nonexistent.csv" in proc.stderr
+    proc = cli(
+        "model=tiny", "logger=none", "task.data_files={train: /nonexistent.csv, validation: /n.csv, test: /t.csv}"
+    )
+    assert proc.returncode == 2 and last_error(proc) == (
+        "error: task.data_files.train points at '/nonexistent.csv', which does not exist."
+    )
     # an impossible combination: a 32-wide model cannot be folded into 6 factors per side
-    proc = _cli("model=tiny", "logger=none", f"output_dir={tmp_path}", "method.peft.tensor_order=6")
+    proc = cli("model=tiny", "logger=none", f"output_dir={tmp_path}", "method.peft.tensor_order=6")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: Dimension 32 cannot be split into 6 factors")
+    assert last_error(proc).startswith("error: Dimension 32 cannot be split into 6 factors")
 
 
 def test_unknown_method_options():

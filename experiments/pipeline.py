@@ -1,4 +1,5 @@
-"""One experiment: load task and model, adapt with a method, train, evaluate, record."""
+"""One run, the same steps for every model family: validate -> load data -> load model -> apply method -> train ->
+evaluate -> record. A family (``experiments/families``) supplies only what differs."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from baselines import apply_method
+from baselines import apply_method, check_targets
 
 from . import distributed
+from .budget import plan_budget
 from .checkpoints import Checkpointer, checkpoint_path
-from .models import load_classifier
+from .families import family_for
 from .records import adapter_fields, run_identity, write_json_atomic
-from .tasks import load_task
+from .schema import validate
 from .tracking import Tracker
-from .training import TrainResult, encode, evaluate, labels_of, loop_options, parameter_groups, shuffled_batches, train
+from .training import TrainResult, loop_options, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,22 +35,6 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB on Linux)
-
-
-class IncompatibleChoice(ValueError):
-    """A model that cannot run the chosen task (an encoder on a generation task, or the reverse)."""
-
-
-def check_compatible(cfg: DictConfig) -> None:
-    task_kind = cfg.task.get("kind", "classification")
-    model_kind = cfg.model.get("kind", "encoder")
-    if (task_kind == "causal") != (model_kind == "decoder"):
-        wanted = "a decoder (smollm2-135m, llama2-7b, llama3-8b, gemma3-270m, tiny-llama)"
-        if task_kind != "causal":
-            wanted = "an encoder (minilm, roberta-base, roberta-large, tiny)"
-        raise IncompatibleChoice(
-            f"Task {cfg.task.suite}/{cfg.task.name} needs {wanted} model, but model={cfg.model.name} is a {model_kind}."
-        )
 
 
 def record_path(cfg: DictConfig) -> Path:
@@ -119,97 +105,81 @@ def finish_run(
     return record, path
 
 
-def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
-    """Run the experiment ``cfg`` describes; returns the record and where it was written."""
+def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]:
+    """Run the experiment ``cfg`` describes; returns the record and where it was written (None, None on the ranks
+    other than 0 of a torchrun launch)."""
     started = time.perf_counter()
+    validate(cfg)  # every setting, before anything loads: a mistake costs seconds
+    family = family_for(cfg)
     torch.manual_seed(cfg.seed)
     device = distributed.init_from_env() or resolve_device(cfg.device)
-    check_compatible(cfg)
-    if cfg.task.get("kind") == "causal":
-        from .causal.harness import run_decoder_experiment
 
-        return run_decoder_experiment(cfg, device)
-    task, method, model_cfg, train_cfg = cfg.task, cfg.method, cfg.model, cfg.train
-    regression = task.num_labels == 1
-
-    data = load_task(task, seed=cfg.seed)
-    limit = train_cfg.max_eval_examples
-    validation = data.validation[:limit] if limit else data.validation
-    test = data.test[:limit] if limit else data.test
-    model, tokenizer = load_classifier(model_cfg, task.num_labels, seed=cfg.seed)
+    data = family.load_data()
+    budget = plan_budget(cfg.train, data.train_size)
+    if distributed.is_main():
+        print(f"budget: {budget.note}", flush=True)
+    model, tokenizer = family.load_model(device)
     total_params = sum(p.numel() for p in model.parameters())
-    targets = list(method.target_modules or model_cfg.target_modules)
-    heads = list(model_cfg.head_modules)
+    family.prepare_model(model)
+    method = cfg.method
+    targets = list(method.target_modules or cfg.model.target_modules)
+    check_targets(model, method.name, targets)
     peft_kwargs = OmegaConf.to_container(method.peft, resolve=True) if method.get("peft") else {}
-    model = apply_method(model, method.name, targets, modules_to_save=heads, **peft_kwargs).to(device)
+    model = apply_method(
+        model,
+        method.name,
+        targets,
+        modules_to_save=list(family.modules_to_save),
+        task_type=family.task_type,
+        **peft_kwargs,
+    ).to(device)
     distributed.check_same_buffers(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracker(cfg.logger if distributed.is_main() else {"name": "none"}, cfg.run_name, config)
     checkpoint = run_checkpointer(cfg)
-    eval_kwargs = dict(
-        metrics=list(task.metrics),
-        max_length=train_cfg.max_length,
-        batch_size=train_cfg.eval_batch_size,
-        regression=regression,
-        device=device,
-    )
 
-    def on_eval(step: int) -> dict[str, Any]:
-        values = evaluate(model, tokenizer, validation, desc="validation", **eval_kwargs)
-        tracker.log({f"validation/{k}": v for k, v in values.items()}, step=step)
-        return {"validation": values}
+    def log(values: dict[str, Any], step: int) -> None:
+        tracker.log(values, step=step)
 
-    steps = train_cfg.max_steps
-    if train_cfg.epochs:
-        steps = max(1, int(train_cfg.epochs * len(data.train) / train_cfg.batch_size))
-    result = train(
-        model,
-        batches=shuffled_batches(len(data.train), train_cfg.batch_size, cfg.seed),
-        make_batch=lambda indices: {
-            **encode(tokenizer, [data.train[i] for i in indices], train_cfg.max_length, device),
-            "labels": labels_of([data.train[i] for i in indices], regression, device),
-        },
-        param_groups=parameter_groups(model, method.lr, None if method.name == "full" else train_cfg.head_lr, heads),
-        steps=steps,
-        device=device,
-        **loop_options(train_cfg),
-        eval_every=train_cfg.eval_every,
-        evaluate_fn=on_eval if distributed.is_main() else None,
-        log_fn=lambda step, loss: tracker.log({"train/loss": loss}, step=step),
-        checkpoint=checkpoint,
-    )
+    result = None
+    if budget.steps > 0:
+        batches, make_batch = family.batches(data, tokenizer, device)
+        periodic = family.periodic_evaluation(model, tokenizer, data, device, log) if distributed.is_main() else None
+        result = train(
+            model,
+            batches=batches,
+            make_batch=make_batch,
+            param_groups=family.param_groups(model),
+            steps=budget.steps,
+            device=device,
+            **loop_options(cfg.train),
+            eval_every=cfg.train.eval_every,
+            evaluate_fn=periodic,
+            log_fn=lambda step, loss: log({"train/loss": loss}, step),
+            checkpoint=checkpoint,
+        )
     if not distributed.is_main():  # rank 0 evaluates and writes the record
         return None, None
 
     eval_start = time.perf_counter()
-    final_validation = evaluate(model, tokenizer, validation, desc="validation", **eval_kwargs)
-    final_test = (
-        final_validation if test is validation else evaluate(model, tokenizer, test, desc="test", **eval_kwargs)
-    )
+    evaluation = family.evaluate(model, tokenizer, data, device, budget.steps)
     eval_seconds = time.perf_counter() - eval_start
-    evaluations = [*result.evaluations, {"step": steps, "validation": final_validation, "test": final_test}]
-    tracker.log(
-        {
-            **{f"validation/{k}": v for k, v in final_validation.items()},
-            **{f"test/{k}": v for k, v in final_test.items()},
-        },
-        step=steps,
-    )
+    log({k.replace("_", "/", 1): v for k, v in evaluation.final_metrics.items()}, budget.steps)
 
     record = {
         **run_identity(cfg, config, device),
-        "data_sizes": {"train": len(data.train), "validation": len(validation), "test": len(test)},
-        "test_is_validation": test is validation,
+        "family": family.name,
+        **family.data_fields(data),
         "trainable_params": trainable,
         "total_params": total_params,
         **adapter_fields(model, method.name),
-        "steps": steps,
-        "evaluations": evaluations,
-        "final_metrics": {
-            **{f"validation_{k}": v for k, v in final_validation.items()},
-            **{f"test_{k}": v for k, v in final_test.items()},
-        },
+        "steps": budget.steps,
+        "budget": budget.as_dict(),
+        "train_tokens_per_step": budget.global_batch,
+        "evaluations": [*(result.evaluations if result else []), *evaluation.evaluations],
+        "final_metrics": evaluation.final_metrics,
+        **evaluation.fields,
     }
     return finish_run(cfg, record, result, eval_seconds, started, device, checkpoint, tracker)

@@ -1,0 +1,133 @@
+"""What ``run.py`` does around a run: check every job of the command line before any starts, skip finished runs, turn
+a user's mistake into one sentence with exit status 2, and print the summary."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MAX_CHECKED_JOBS = 512  # a larger sweep is checked on its first jobs here and on each job when it starts
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _jobs(overrides: list[str], multirun: bool) -> Iterator[list[str]]:
+    """The override list of every job Hydra would launch (its basic sweeper's Cartesian product)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for override in parsed:
+        if multirun and override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    for combination in itertools.product(*choices):
+        yield list(combination)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if text.endswith(".") else f"{text}."
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate every job of ``argv`` as Hydra will (same search path, ``--config-dir`` and
+    ``hydra.searchpath`` included); exit 2 with one sentence at the first mistake, before any job starts."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path, get_args_parser
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import USER_ERRORS
+    from .schema import validate
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # argparse already said what is wrong; Hydra will say it again
+    if args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.experimental_rerun:
+        return
+    config_dir = CONF if args.config_path is None else (CONF.parent / args.config_path).resolve()
+    search_path = create_config_search_path(f"file://{config_dir}")
+    if args.config_dir is not None:  # where Hydra's own main puts it: before the structured-config schema source
+        anchor = SearchPathQuery(provider="schema")
+        search_path.prepend("command-line", f"file://{os.path.realpath(args.config_dir)}", anchor=anchor)
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+    try:
+        try:
+            jobs = list(itertools.islice(_jobs(args.overrides, args.multirun), MAX_CHECKED_JOBS))
+        except HydraException as err:
+            fail(f"Cannot parse the overrides: {_one_line(err)}")
+        for number, overrides in enumerate(jobs):
+            where = f" (job {number} of the sweep: {' '.join(overrides)})" if args.multirun and len(jobs) > 1 else ""
+            try:
+                cfg = hydra.compose_config(
+                    args.config_name or "config", overrides, run_mode=RunMode.RUN, with_log_configuration=False
+                )
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                validate(cfg)
+            except (HydraException, OmegaConfBaseException) as err:
+                fail(_config_sentence(err, hydra).removesuffix(".") + where + ".")
+            except USER_ERRORS as err:
+                fail(_one_line(err).removesuffix(".") + where + ".")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _config_sentence(err: BaseException, hydra) -> str:
+    """Hydra's composition errors are several lines; keep the first, and for a missing option list the options of its
+    group (nested ones too: ``task=glue/sst3`` lists every task, from every folder on the search path)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else type(err).__name__
+    missing = re.search(r"Could not (?:find|load) '([^']+)'", first)
+    if missing and "/" in missing.group(1):
+        group = missing.group(1).split("/")[0]
+        options = _group_options(hydra.config_loader, group)
+        if options:
+            return f"{first.rstrip('.')}; choose one of {group}: {', '.join(options)}."
+    return _one_line(first)
+
+
+def _group_options(loader, group: str, prefix: str = "") -> list[str]:
+    from hydra.core.object_type import ObjectType
+
+    options = [prefix + name for name in loader.get_group_options(group, results_filter=ObjectType.CONFIG)]
+    for sub in loader.get_group_options(group, results_filter=ObjectType.GROUP):
+        options += _group_options(loader, f"{group}/{sub}", f"{prefix}{sub}/")
+    return sorted(options)
+
+
+def main(cfg: DictConfig) -> None:
+    """One job: skip it when it finished before, else run it; a user's mistake ends with one sentence and exit 2."""
+    from .errors import USER_ERRORS
+    from .pipeline import is_complete, record_path, run_experiment
+    from .summary import summarise
+
+    if cfg.skip_complete and is_complete(cfg):
+        print(f"skip {cfg.run_name}: {record_path(cfg)} is complete with these settings (skip_complete=false reruns)")
+        return
+    try:
+        record, path = run_experiment(cfg)
+    except USER_ERRORS as err:
+        fail(_one_line(err))
+    except KeyboardInterrupt:
+        fail("interrupted: no record was written for this run", code=130)
+    if record is not None:  # None on the other ranks of a torchrun launch
+        print(summarise(record, path))

@@ -1,0 +1,105 @@
+"""Causal-LM fine-tuning on answer tokens (commonsense reasoning, math), evaluated with lm-eval or by generation."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..causal.batching import bucketed_batches, collate, tokenize_example
+from ..causal.generation import evaluate_by_generation
+from ..causal.lmeval import evaluate_with_lm_eval
+from ..causal.tasks import DecoderData, load_decoder_task
+from ..models import load_model
+from ..training import parameter_groups
+from . import Evaluation, Family
+
+
+def evaluate_all(model, tokenizer, data: DecoderData, eval_cfg, folder: Path) -> tuple[dict[str, dict], dict]:
+    """Every evaluated task under the chosen protocol(s); metric names say which protocol produced them."""
+    protocol = eval_cfg.protocol
+    metrics: dict[str, dict[str, float]] = {name: {} for name in data.evaluation}
+    samples: dict = {}
+    common = dict(batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, limit=eval_cfg.limit)
+    if protocol in ("lm-eval", "both"):
+        for name, values in evaluate_with_lm_eval(
+            model, tokenizer, data.evaluation, data.kinds, folder, **common
+        ).items():
+            metrics[name].update({k if k == "n" else f"lmeval_{k}": v for k, v in values.items()})
+    if protocol in ("llm-adapters", "both"):
+        values, samples = evaluate_by_generation(model, tokenizer, data.evaluation, data.kinds, **common)
+        for name, row in values.items():
+            metrics[name].update({k if k == "n" else f"llmadapters_{k}": v for k, v in row.items()})
+    return metrics, samples
+
+
+def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``test_<task>_<metric>``, plus ``test_average_<metric>`` over tasks when more than one is evaluated."""
+    flat = {f"test_{task}_{k}": v for task, row in metrics.items() for k, v in row.items() if k != "n"}
+    if len(metrics) > 1:
+        keys = sorted({k for row in metrics.values() for k in row if k != "n"})
+        for key in keys:
+            values = [row[key] for row in metrics.values() if key in row]
+            if len(values) == len(metrics):
+                flat[f"test_average_{key}"] = statistics.fmean(values)
+    return flat
+
+
+class CausalFamily(Family):
+    name = "causal"
+    task_type = "CAUSAL_LM"
+
+    def load_data(self) -> DecoderData:
+        data = load_decoder_task(self.cfg.task, seed=self.cfg.seed)
+        return data
+
+    def load_model(self, device: torch.device) -> tuple[nn.Module, Any]:
+        return load_model(self.cfg.model, num_labels=None, seed=self.cfg.seed, device=device)
+
+    def prepare_model(self, model: nn.Module) -> None:
+        checkpointing = bool(self.cfg.train.get("gradient_checkpointing"))
+        if checkpointing:
+            # Before PEFT wraps the model; use_reentrant=False lets gradients reach adapters behind frozen embeddings.
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.config.use_cache = not checkpointing
+
+    def learning_rate(self) -> float:
+        return float(self.cfg.method.get("decoder_lr") or self.cfg.method.lr)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return parameter_groups(model, self.learning_rate(), None, [])
+
+    def batches(self, data: DecoderData, tokenizer: Any, device: torch.device):
+        max_length = self.cfg.train.max_length
+        features = [tokenize_example(tokenizer, e["prompt"], e["target"], max_length) for e in data.train]
+        lengths = [len(f["input_ids"]) for f in features]
+        batches = bucketed_batches(lengths, self.cfg.train.batch_size, self.cfg.seed)
+        return batches, lambda indices: collate([features[i] for i in indices], tokenizer.pad_token_id, device)
+
+    def evaluate(self, model, tokenizer, data: DecoderData, device, steps: int) -> Evaluation:
+        model.config.use_cache = True
+        with tempfile.TemporaryDirectory(prefix="lm-eval-tasks-") as folder:
+            per_task, samples = evaluate_all(model, tokenizer, data, self.cfg.eval, Path(folder))
+        return Evaluation(
+            evaluations=[{"step": steps, "test": per_task}],
+            final_metrics=flatten(per_task),
+            fields={
+                "evaluated_examples": {name: row.get("n") for name, row in per_task.items()},
+                "eval_protocol": self.cfg.eval.protocol,
+                "test_is_validation": False,
+                "learning_rate": self.learning_rate(),
+                "generations": {name: rows[:20] for name, rows in samples.items()},  # a few, to see what it wrote
+            },
+        )
+
+    def data_fields(self, data: DecoderData) -> dict[str, Any]:
+        sizes = {"train": len(data.train), **{f"eval_{k}": len(v) for k, v in data.evaluation.items()}}
+        return {"data_sizes": sizes, "data_provenance": data.provenance}

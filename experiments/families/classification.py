@@ -1,0 +1,90 @@
+"""Sequence classification with an encoder (GLUE, the offline tweets): a classifier head trained beside the adapter,
+accuracy-type metrics on validation and test."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from baselines import trains_every_weight
+
+from ..models import load_model
+from ..tasks import TaskData, load_task
+from ..training import encode, evaluate, labels_of, parameter_groups, shuffled_batches
+from . import Evaluation, Family
+
+
+class ClassificationFamily(Family):
+    name = "classification"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.modules_to_save = tuple(cfg.model.get("head_modules") or ())
+        self.regression = int(cfg.task.num_labels) == 1
+
+    def load_data(self) -> TaskData:
+        data = load_task(self.cfg.task, seed=self.cfg.seed)
+        limit = self.cfg.train.max_eval_examples
+        if limit:
+            test_is_validation = data.test_is_validation
+            data.validation = data.validation[:limit]
+            data.test = data.validation if test_is_validation else data.test[:limit]
+        return data
+
+    def load_model(self, device: torch.device) -> tuple[nn.Module, Any]:
+        return load_model(self.cfg.model, num_labels=int(self.cfg.task.num_labels), seed=self.cfg.seed, device=device)
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        # Full fine-tuning trains the head at the body's rate; adapters give the fresh head its own rate.
+        head_lr = None if trains_every_weight(self.cfg.method.name) else self.cfg.train.head_lr
+        return parameter_groups(model, self.learning_rate(), head_lr, list(self.modules_to_save))
+
+    def batches(self, data: TaskData, tokenizer: Any, device: torch.device):
+        train, max_length = data.train, self.cfg.train.max_length
+
+        def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
+            examples = [train[i] for i in indices]
+            return {
+                **encode(tokenizer, examples, max_length, device),
+                "labels": labels_of(examples, self.regression, device),
+            }
+
+        return shuffled_batches(len(train), self.cfg.train.batch_size, self.cfg.seed), make_batch
+
+    def _evaluate(self, model, tokenizer, examples, device, desc: str) -> dict[str, float]:
+        return evaluate(
+            model,
+            tokenizer,
+            examples,
+            metrics=list(self.cfg.task.metrics),
+            max_length=self.cfg.train.max_length,
+            batch_size=self.cfg.train.eval_batch_size,
+            regression=self.regression,
+            device=device,
+            desc=desc,
+        )
+
+    def periodic_evaluation(self, model, tokenizer, data: TaskData, device, log):
+        def on_eval(step: int) -> dict[str, Any]:
+            values = self._evaluate(model, tokenizer, data.validation, device, "validation")
+            log({f"validation/{k}": v for k, v in values.items()}, step)
+            return {"validation": values}
+
+        return on_eval
+
+    def evaluate(self, model, tokenizer, data: TaskData, device, steps: int) -> Evaluation:
+        validation = self._evaluate(model, tokenizer, data.validation, device, "validation")
+        test = validation if data.test_is_validation else self._evaluate(model, tokenizer, data.test, device, "test")
+        return Evaluation(
+            evaluations=[{"step": steps, "validation": validation, "test": test}],
+            final_metrics={
+                **{f"validation_{k}": v for k, v in validation.items()},
+                **{f"test_{k}": v for k, v in test.items()},
+            },
+            fields={"test_is_validation": data.test_is_validation},
+        )
+
+    def data_fields(self, data: TaskData) -> dict[str, Any]:
+        return {"data_sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}

@@ -1,0 +1,294 @@
+"""The run config's schema: every setting's type, choices and range, checked before any data or model loads.
+
+``validate(cfg)`` takes the composed Hydra config and returns typed settings, or raises :class:`ConfigError` with
+one sentence naming the setting, what it must be and what it was. Models, tasks and methods are config groups that
+users extend (``--config-dir``, ``hydra.searchpath``); their entries are checked against the same schema, so a
+task YAML of one's own gets the same one-sentence errors as the built-in ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, IncompatibleChoice
+
+Metric = Literal["accuracy", "f1", "matthews", "pearson", "spearman"]
+FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSettings(_Section):
+    max_steps: int | None = Field(None, ge=0)
+    epochs: float | None = Field(None, gt=0)
+    default_steps: int = Field(200, ge=0)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(1, ge=1)
+    eval_batch_size: int = Field(ge=1)
+    max_length: int = Field(ge=8)
+    warmup_ratio: float = Field(ge=0, le=1)
+    weight_decay: float = Field(ge=0)
+    head_lr: float = Field(gt=0)
+    eval_every: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    max_grad_norm: float | None = Field(None, gt=0)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(200, ge=0)
+
+
+class EvalSettings(_Section):
+    protocol: Literal["lm-eval", "llm-adapters", "both"] = "lm-eval"
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class LoggerSettings(_Section):
+    name: Literal["wandb", "none"]
+    project: str = "tera-suite"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    dir: str | None = None
+
+
+class ModelSettings(_Section):
+    name: str
+    kind: Literal["encoder", "decoder"]
+    loader: str  # dotted path of the function that loads it (see experiments/models.py, experiments/causal/models.py)
+    path: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    target_modules: list[str] = Field(min_length=1)
+    head_modules: list[str] = []
+    max_length: int = Field(ge=8)
+    gradient_checkpointing: bool = False
+
+    @field_validator("loader")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        _import_dotted(value)
+        return value
+
+
+class ClassificationTaskSettings(_Section):
+    name: str
+    suite: str
+    kind: Literal["classification"] = "classification"
+    loader: str | None = None  # dotted path of the default source (hub GLUE, the offline tweets); data_files win
+    hub_path: str | None = None
+    hub_name: str | None = None
+    text_fields: list[str] = Field(min_length=1, max_length=2)
+    label_field: str = "label"
+    num_labels: int = Field(ge=1)
+    metrics: list[Metric] = Field(min_length=1)
+    main_metric: Metric
+    epochs: float | None = Field(None, gt=0)
+    max_length: int | None = Field(None, ge=8)
+    validation_split: str = "validation"
+    test_split: str | None = None
+    data_files: dict[str, str] | None = None
+    split_seed: int = 0
+
+    @field_validator("loader")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            _import_dotted(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassificationTaskSettings:
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"task.main_metric {self.main_metric!r} must be one of task.metrics {self.metrics}")
+        if self.data_files is None and self.loader is None:
+            raise ValueError("the task needs task.loader (its default source) or task.data_files (local files)")
+        if self.data_files is not None:
+            splits = ["train", self.validation_split, *([self.test_split] if self.test_split else [])]
+            hint = "" if self.test_split else " (set task.test_split=test to report a test file)"
+            _check_data_files(self.data_files, allowed=splits, required=splits, hint=hint)
+        return self
+
+
+class CausalTaskSettings(_Section):
+    name: str
+    suite: str
+    kind: Literal["causal"]
+    train_on: list[str] = Field(min_length=1)
+    evaluate_on: list[str] = Field(min_length=1)
+    epochs: float | None = Field(None, gt=0)
+    data_files: dict[str, str] | None = None
+    split_seed: int = 0
+    offline_fallback: bool = True
+    prefer_offline_gsm8k: bool = True
+    bigbench_eval_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> CausalTaskSettings:
+        from .causal.tasks import SOURCES
+
+        for key, names in (("train_on", self.train_on), ("evaluate_on", self.evaluate_on)):
+            unknown = [n for n in names if n not in SOURCES]
+            if unknown:
+                raise ValueError(f"task.{key} names unknown data source(s) {unknown}; known: {', '.join(SOURCES)}")
+        no_eval = [n for n in self.evaluate_on if SOURCES[n].kind == "instruct"]
+        if no_eval:
+            raise ValueError(f"task.evaluate_on takes choice or math tasks; {no_eval} have no evaluation split")
+        if self.data_files is not None:
+            allowed = ["train", *self.evaluate_on, *(["test"] if len(self.evaluate_on) == 1 else [])]
+            _check_data_files(self.data_files, allowed=allowed, required=[])
+        return self
+
+
+class MethodSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    lr: float = Field(gt=0)
+    decoder_lr: float | None = Field(None, gt=0)
+    target_modules: list[str] | None = None
+    peft: dict[str, Any] | None = None
+
+
+class RunSettings(_Section):
+    seed: int = Field(ge=0)
+    device: str
+    output_dir: str = Field(min_length=1)
+    skip_complete: bool
+    run_name: str = Field(min_length=1)
+    model: ModelSettings
+    task: ClassificationTaskSettings | CausalTaskSettings
+    method: MethodSettings
+    train: TrainSettings
+    logger: LoggerSettings
+    eval: EvalSettings = EvalSettings()
+
+    @field_validator("run_name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        if "/" in value or value.startswith("."):
+            raise ValueError("run_name becomes a file name: no '/' and no leading '.'")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        try:
+            device = torch.device(value)
+        except RuntimeError as err:
+            raise ValueError("device must be auto, cpu, cuda or cuda:N") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={value} was asked for, but this machine has no CUDA GPU; use device=auto or cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={value} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
+        return value
+
+    @property
+    def family(self) -> str:
+        return self.task.kind
+
+
+def _import_dotted(path: str) -> Any:
+    from hydra.utils import get_method
+
+    try:
+        return get_method(path)
+    except Exception as err:  # ImportError, AttributeError: either way the path names nothing callable
+        raise ValueError(f"{path!r} is not an importable function") from err
+
+
+def _check_data_files(files: Mapping[str, str], allowed: list[str], required: list[str], hint: str = "") -> None:
+    unknown = sorted(set(files) - set(allowed))
+    if unknown:
+        raise ValueError(f"task.data_files has key(s) {unknown} that this task does not read; it reads {allowed}{hint}")
+    missing_keys = [key for key in required if key not in files]
+    if missing_keys:
+        raise ValueError(f"task.data_files must name {missing_keys}")
+    for key, path in files.items():
+        suffix = Path(path).suffix.lower()
+        if suffix not in FILE_SUFFIXES:
+            raise ValueError(f"task.data_files.{key} must be a {'/'.join(FILE_SUFFIXES)} file, got {path!r}")
+        if not Path(path).is_file():
+            raise ValueError(f"task.data_files.{key} points at {path!r}, which does not exist")
+
+
+def _describe(error: dict[str, Any], section: str) -> str:
+    """One pydantic error as one sentence: the dotted setting, what it should be, what it was."""
+    loc = [str(p) for p in error["loc"] if not str(p).endswith("Settings")]  # drop union branch names
+    where = ".".join([section, *loc]) if section else ".".join(loc)
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return f"{where} is not a setting; check the key's spelling (Hydra: ~{where} removes an added key)."
+    if kind == "missing":
+        return f"{where} is missing; set it in the config or with {where}=..."
+    if kind == "value_error":
+        return message.removeprefix("Value error, ").rstrip(".") + "."
+    value = error.get("input")
+    message = message.replace("Input should be", "should be")
+    return f"{where} {message[0].lower()}{message[1:]}, got {value!r}."
+
+
+def _check(model: type[BaseModel], values: Any, section: str) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(_describe(err.errors()[0], section)) from None
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
+    """Check ``cfg`` (the composed config of one run) against the schema; returns the typed settings.
+
+    Raises :class:`ConfigError` (or :class:`IncompatibleChoice`) with one sentence. Also builds the method's PEFT
+    config, so an option the method does not take, or a value it refuses, is found here (``UnknownMethod``).
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    for key in ("model", "task", "method", "train", "logger"):
+        if not isinstance(raw.get(key), Mapping):
+            raise ConfigError(f"The config has no {key} group; choose one with {key}=<option>.")
+    task = dict(raw["task"])
+    task.setdefault("kind", "classification")
+    task_model = CausalTaskSettings if task["kind"] == "causal" else ClassificationTaskSettings
+    sections = {
+        "model": _check(ModelSettings, raw["model"], "model"),
+        "task": _check(task_model, task, "task"),
+        "method": _check(MethodSettings, raw["method"], "method"),
+        "train": _check(TrainSettings, raw["train"], "train"),
+        "logger": _check(LoggerSettings, raw["logger"], "logger"),
+        "eval": _check(EvalSettings, raw.get("eval") or {}, "eval"),
+    }
+    top = {k: v for k, v in raw.items() if k not in sections}
+    settings = _check(RunSettings, {**top, **sections}, "")
+    _check_compatible(settings)
+    _check_method(settings)
+    return settings
+
+
+def _check_compatible(settings: RunSettings) -> None:
+    task, model = settings.task, settings.model
+    if (task.kind == "causal") != (model.kind == "decoder"):
+        wanted = "a decoder model (kind: decoder)" if task.kind == "causal" else "an encoder model (kind: encoder)"
+        article = "an" if model.kind == "encoder" else "a"
+        raise IncompatibleChoice(
+            f"Task {task.suite}/{task.name} needs {wanted}, but model={model.name} is {article} {model.kind}; "
+            f"pick another model or task."
+        )
+
+
+def _check_method(settings: RunSettings) -> None:
+    """Build the PEFT config now: an unknown option or a refused value costs seconds, not a training run."""
+    from baselines import make_peft_config
+
+    method = settings.method
+    targets = method.target_modules or settings.model.target_modules
+    task_type = "CAUSAL_LM" if settings.task.kind == "causal" else None
+    make_peft_config(method.name, list(targets), None, task_type, **dict(method.peft or {}))
