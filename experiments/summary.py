@@ -15,7 +15,7 @@ def summarise(record: dict[str, Any], path: Path) -> str:
         else "n/a (full fine-tuning updates every weight)"
     )
     metrics = record["final_metrics"]
-    if "eval_protocol" in record:  # a decoder run: one line per evaluated task
+    if _family(record) == "causal":  # a decoder run: one line per evaluated task
         return "\n".join([*_head(record, rank_line), *_decoder_lines(record), *_tail(record, path)])
     validation = ", ".join(
         f"{k.removeprefix('validation_')} {v:.4f}" for k, v in metrics.items() if k.startswith("validation_")
@@ -24,6 +24,11 @@ def summarise(record: dict[str, Any], path: Path) -> str:
     test_note = " (the validation split: test labels are hidden)" if record["test_is_validation"] else ""
     lines = [f"validation   {validation}", f"test         {test}{test_note}"]
     return "\n".join([*_head(record, rank_line), *lines, *_tail(record, path)])
+
+
+def _family(record: dict[str, Any]) -> str:
+    # Records from before the run pipeline carry no family; theirs is told by the decoder-only protocol field.
+    return record.get("family") or ("causal" if "eval_protocol" in record else "classification")
 
 
 def _head(record: dict[str, Any], rank_line: str) -> list[str]:
@@ -53,7 +58,9 @@ def _decoder_lines(record: dict[str, Any]) -> list[str]:
 
 
 def _tail(record: dict[str, Any], path: Path) -> list[str]:
+    budget = record.get("budget")
     return [
+        *([f"budget       {budget['note']}"] if budget else []),
         f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "
         f"eval {record['eval_seconds']:.0f} s, {record['steps']} steps)",
         f"record       {path}",

@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from baselines import METHODS, trains_every_weight
+
 BASE_LABEL = "base (no training)"  # a zero-step run: the pretrained model evaluated as it is
 
 
@@ -146,7 +148,8 @@ def _cell(values: list[float], expected: int) -> str:
 
 def _rank(row: dict[str, Any]) -> str:
     if row["median_rank"] is None:
-        return "full FT" if row.get("method") == "full" and row["runs_found"] else "—"
+        full = row.get("method") in METHODS and trains_every_weight(row["method"])
+        return "full FT" if full and row["runs_found"] else "—"
     return f"{row['median_rank']:g}"
 
 

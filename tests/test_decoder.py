@@ -384,7 +384,6 @@ def test_tiny_llama_math_generation_end_to_end_and_zero_step_baseline(tmp_path):
         "model=tiny-llama",
         "task=math/gsm8k",
         f"+task.data_files={{train: {files}, test: {files}}}",
-        "train.epochs=null",
         "train.max_steps=0",
         "eval.protocol=both",
         "eval.max_new_tokens=6",
