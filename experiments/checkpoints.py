@@ -13,7 +13,8 @@ import random
 import signal
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,16 @@ class Checkpointer:
     path: Path
     every: int  # optimizer steps between saves; 0 turns checkpointing off
     signature: str = ""  # the run's settings: a checkpoint of other settings is not resumed
+    minutes: float = 0.0  # also save when this much time passed since the last save (0: by steps only)
+    saved_step: int | None = field(default=None, init=False)
+    _last_save: float = field(default_factory=lambda: time.monotonic(), init=False)
 
     def due(self, step: int, last_step: int) -> bool:
         # The last step too: a run preempted during its (possibly long) evaluation then does not train again.
-        return self.every > 0 and (step % self.every == 0 or step == last_step)
+        if self.every <= 0:
+            return False
+        late = self.minutes > 0 and time.monotonic() - self._last_save >= 60 * self.minutes
+        return step % self.every == 0 or step == last_step or late
 
     def save(self, model: nn.Module, optimizer, scheduler, step: int, state: dict[str, Any]) -> None:
         payload = {
@@ -45,19 +52,33 @@ class Checkpointer:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
         try:
-            torch.save(payload, tmp)
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())  # on disk before the rename: a crash never leaves a truncated checkpoint
             os.replace(tmp, self.path)  # a crash mid-save keeps the previous checkpoint
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.saved_step, self._last_save = step, time.monotonic()
 
     def load(self, model: nn.Module, optimizer, scheduler) -> dict[str, Any] | None:
         """Restore into ``model``/``optimizer``/``scheduler``; returns the saved payload, or None without a file."""
         if not self.path.exists():
             return None
-        payload = torch.load(self.path, map_location="cpu", weights_only=False)
+        try:
+            payload = torch.load(self.path, map_location="cpu", weights_only=False)
+            if not isinstance(payload, dict) or "trainable" not in payload or "step" not in payload:
+                raise ValueError("not a checkpoint of this suite")
+        except Exception as err:  # truncated, garbage, another format: never block the relaunch
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.path, aside)
+            print(
+                f"warning: the checkpoint {self.path} cannot be read ({type(err).__name__}); moved it to {aside} "
+                f"and starting afresh"
+            )
+            return None
         if payload.get("signature") != self.signature:
             print(f"ignoring {self.path}: it was saved by a run with other settings")
             return None
@@ -81,10 +102,6 @@ class Checkpointer:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def checkpoint_path(output_dir: str | Path, run_name: str) -> Path:
-    return Path(output_dir) / ".checkpoints" / f"{run_name}.pt"
 
 
 def preemption_signals() -> list[signal.Signals]:

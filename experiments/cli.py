@@ -117,16 +117,20 @@ def _group_options(loader, group: str, prefix: str = "") -> list[str]:
 def main(cfg: DictConfig) -> None:
     """One job: skip it when it finished before, else run it; a user's mistake ends with one sentence and exit 2."""
     from .errors import USER_ERRORS
-    from .pipeline import is_complete, record_path, run_experiment
+    from .pipeline import finished_record, plan_run, run_experiment
     from .summary import summarise
 
-    if cfg.skip_complete and is_complete(cfg):
-        print(f"skip {cfg.run_name}: {record_path(cfg)} is complete with these settings (skip_complete=false reruns)")
-        return
     try:
-        record, path = run_experiment(cfg)
+        plan = plan_run(cfg)
+        if cfg.skip_complete and finished_record(plan) is not None:
+            print(
+                f"skip {cfg.run_name}: {plan.record_path} is complete with these settings and data "
+                f"(skip_complete=false reruns)"
+            )
+            return
+        record, path = run_experiment(cfg, plan)
     except USER_ERRORS as err:
-        fail(_one_line(err))
+        fail(_one_line(err), code=getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
         fail("interrupted: no record was written for this run", code=130)
     if record is not None:  # None on the other ranks of a torchrun launch

@@ -29,9 +29,11 @@ def read_local(path: str | Path) -> list[Row]:
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         table = datasets.load_dataset(builder, data_files={"rows": str(path)}, split="rows", **options)
-    except Exception as err:  # a malformed file: name it, with the parser's first line
+    except Exception as err:  # a malformed file: name it, with the parser's own words (the innermost cause)
+        while err.__cause__ is not None or err.__context__ is not None:
+            err = err.__cause__ or err.__context__
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataUnavailable(f"Cannot read {path} as {builder.upper()}: {first}") from None
+        raise DataUnavailable(f"Cannot read {path} as {builder.upper()}: {first.rstrip('.')}.") from None
     return list(table)
 
 

@@ -1,8 +1,9 @@
 """Data-parallel training under ``torchrun`` / ``accelerate launch``: DDP over the trainable parameters only.
 
 ``train.batch_size`` stays the global batch: every rank draws the same index list (same seed) and takes its slice,
-so N processes see the same examples per step as one. TeRA's shared factors are buffers generated from a seeded
-PRNG: identical on every rank (checked once at start) and never all-reduced (``broadcast_buffers=False``).
+so N processes see the same examples per step as one. TeRA's shared factors (and VeRA's and RandLoRA's projections)
+are buffers generated from a seeded PRNG: identical on every rank (checked once at start) and never all-reduced
+(``broadcast_buffers=False``).
 """
 
 from __future__ import annotations
@@ -61,16 +62,29 @@ def sync_gradients(forward: nn.Module, sync: bool):
     return forward.no_sync()
 
 
-def check_same_buffers(model: nn.Module, prefix: str = "tera_shared") -> None:
-    """Raise if the shared frozen TeRA factors differ between ranks (they must come from the same seed)."""
+def check_same_buffers(model: nn.Module) -> None:
+    """Raise if any shared frozen random tensor (every PEFT ``BufferDict``: TeRA's factors, VeRA's and RandLoRA's
+    projections) differs between ranks; they must come from the same seed."""
     if world_size() == 1:
         return
+    from baselines.analysis import shared_buffers
+
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = torch.zeros(1, dtype=torch.float64, device=device)
-    for name, buffer in model.named_buffers():
-        if prefix in name:
-            total += buffer.detach().double().abs().sum().to(device) + buffer.numel()
-    gathered = [torch.zeros_like(total) for _ in range(world_size())]
-    dist.all_gather(gathered, total)
-    if any(not torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError("The shared TeRA factors differ between ranks; use the same projection_prng_key everywhere.")
+    buffers = shared_buffers(model)
+    # One fingerprint per buffer (signed sum, absolute sum, size), so the error can name the buffers that differ.
+    local = torch.zeros(len(buffers), 3, dtype=torch.float64, device=device)
+    for row, buffer in enumerate(buffers.values()):
+        values = buffer.detach().double()
+        local[row] = torch.stack([values.sum(), values.abs().sum(), values.new_tensor(float(values.numel()))]).to(
+            device
+        )
+    gathered = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(gathered, local)
+    differ = [
+        name for row, name in enumerate(buffers) if any(not torch.equal(g[row], gathered[0][row]) for g in gathered)
+    ]
+    if differ:
+        raise RuntimeError(
+            f"The shared frozen adapter buffers {differ} differ between ranks; use the same projection_prng_key "
+            f"everywhere."
+        )

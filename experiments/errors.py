@@ -12,6 +12,8 @@ from tera import TensorisationError
 class UserError(Exception):
     """A mistake the user can fix; its message is one sentence that says what to do."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError, ValueError):
     """A setting that cannot work (wrong type, out of range, unknown choice, impossible combination)."""
@@ -23,6 +25,17 @@ class DataUnavailable(UserError, RuntimeError):
 
 class ModelUnavailable(UserError, RuntimeError):
     """The weights a model needs are not installed or not found."""
+
+
+class RunFailed(UserError):
+    """A run that started but cannot give a valid result (a non-finite loss or trainable value). Its record says
+    ``"status": "failed"`` with the reason, and no table or skip decision counts it."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class IncompatibleChoice(ConfigError):

@@ -10,7 +10,18 @@ import pandas as pd
 
 from . import naming
 from .specs import TableSpec
-from .tables import document, provenance, read_records, render_rows, run_frame, summarise, to_markdown, write
+from .tables import (
+    RecordSet,
+    document,
+    newest_settings,
+    provenance,
+    read_records,
+    render_rows,
+    run_frame,
+    summarise,
+    to_markdown,
+    write,
+)
 
 PROPERTIES_NOTE = (
     "Trainable values moved by a random step from their initial values (no training): the rank each method can reach. "
@@ -25,8 +36,56 @@ def row_keys(spec: TableSpec) -> list[str]:
     return (["variant"] if any(v.label for v in spec.variants) else []) + ["model", "method"]
 
 
-def accuracy_rows(spec: TableSpec, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _is_run(record: dict[str, Any], run) -> bool:
+    """A record is a spec run's by what it says it is, not by its file name."""
+    return (record["method"], record["model"], record["task"], record["seed"]) == (
+        run.method,
+        run.model,
+        run.task,
+        run.seed,
+    )
+
+
+def run_key(run) -> tuple:
+    return (run.variant.label, run.model, run.task, run.method, run.seed)
+
+
+def match_runs(spec: TableSpec, found: RecordSet) -> tuple[dict[tuple, dict[str, Any]], list[str]]:
+    """The record of each run of the spec (by run name and content), and notes: records named like a run but made
+    for another, and cells whose seeds were made with different settings (only the newest settings count)."""
+    chosen: dict[Any, dict[str, Any]] = {}
+    notes = []
+    for run in spec.runs():
+        named = found.named(run.name)
+        fitting = [r for r in named if _is_run(r, run)]
+        for other in (r for r in named if not _is_run(r, run)):
+            notes.append(
+                f"A record named {run.name} is of {other['method']} on {other['model']}, {other['task']}, seed "
+                f"{other['seed']}: not counted as that run."
+            )
+        if fitting:
+            chosen[run_key(run)] = max(fitting, key=lambda r: r.get("environment", {}).get("date", ""))
+    cells: dict[tuple, list] = {}
+    for key, record in chosen.items():
+        variant, model, task, method, _ = key
+        cells.setdefault((variant, model, method, task), []).append((key, record))
+    for (variant, model, method, task), members in cells.items():
+        kept, dropped = newest_settings([record for _, record in members])
+        if dropped:
+            for key, record in members:
+                if record not in kept:
+                    del chosen[key]
+            where = ", ".join(x for x in (variant, model, method, task) if x)
+            notes.append(
+                f"{where}: {dropped} seed(s) were run with other settings than the newest; only the newest settings "
+                f"are shown (rerun the others to fill the cell)."
+            )
+    return chosen, notes
+
+
+def accuracy_rows(spec: TableSpec, found: RecordSet) -> list[dict[str, Any]]:
     """One row per (variant, model, method), in the spec's order; one list of values over seeds per column."""
+    chosen, _ = match_runs(spec, found)
     runs = [
         {
             "variant": run.variant.label,
@@ -34,7 +93,7 @@ def accuracy_rows(spec: TableSpec, records: dict[str, dict[str, Any]]) -> list[d
             "method": run.method,
             "task": run.task,
             "seed": run.seed,
-            "record": records.get(run.name),
+            "record": chosen.get(run_key(run)),
         }
         for run in spec.runs()
     ]
@@ -50,17 +109,22 @@ def _reference(spec: TableSpec, model: str, method: str) -> float | None:
     return (spec.reference.get("values") or {}).get(model, {}).get(method)
 
 
-def render_accuracy(spec: TableSpec, records: dict[str, dict[str, Any]]) -> tuple[str, pd.DataFrame]:
-    rows = accuracy_rows(spec, records)
-    used = [records[run.name] for run in spec.runs() if run.name in records]
+def render_accuracy(spec: TableSpec, found: RecordSet) -> tuple[str, pd.DataFrame]:
+    rows = accuracy_rows(spec, found)
+    chosen, match_notes = match_runs(spec, found)
+    used = list(chosen.values())
     notes = [f"Reference: {spec.reference['source']}"] if spec.reference else []
+    notes += [*match_notes, *found.notes()]
     reference = spec.reference["column"] if spec.reference else None
     keys = row_keys(spec)
     return render_rows(rows, keys, spec.columns, spec.title, used, spec.show_frozen, reference, notes)
 
 
-def render_properties(spec: TableSpec, records: dict[str, dict[str, Any]]) -> tuple[str, pd.DataFrame]:
+def render_properties(spec: TableSpec, found: RecordSet) -> tuple[str, pd.DataFrame]:
     """Table 1: one line per model x method of the grid, from the properties records (missing ones marked)."""
+    records = {
+        naming.properties_name(r["method"], r["model"]): r for r in found.records if r.get("table") == "properties"
+    }
     shown, numbers, used = [], [], []
     for model in spec.grid["model"]:
         for method in spec.grid["method"]:

@@ -3,10 +3,11 @@ evaluate -> record. A family (``experiments/families``) supplies only what diffe
 
 from __future__ import annotations
 
-import json
+import math
 import resource
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method, check_targets
 
-from . import distributed
+from . import distributed, identity
 from .budget import plan_budget
-from .checkpoints import Checkpointer, checkpoint_path
-from .families import family_for
-from .records import adapter_fields, run_identity, write_json_atomic
+from .checkpoints import Checkpointer
+from .errors import RunFailed
+from .families import Family, family_for
+from .records import adapter_fields, environment, run_identity, write_json_atomic
 from .schema import validate
 from .tracking import Tracker
 from .training import TrainResult, loop_options, train
@@ -37,54 +39,54 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB on Linux)
 
 
-def record_path(cfg: DictConfig) -> Path:
-    return Path(cfg.output_dir) / f"{cfg.run_name}.json"
+@dataclass
+class RunPlan:
+    """What is known about a run before its data or model loads: its family, the data it will read (fingerprinted)
+    and where its record and checkpoint live."""
+
+    family: Family
+    data: dict[str, str]  # the data fingerprint: source -> content hash or name
+    run_id: str
+    settings_id: str
+    record_path: Path
+    checkpoint: Checkpointer
 
 
-# Settings that change how a run is executed or logged, not what it computes.
-_NOT_IN_SIGNATURE = {"skip_complete", "logger", "device", "output_dir", "run_name"}
-_NOT_IN_TRAIN_SIGNATURE = {"checkpoint_every", "eval_batch_size"}
-
-
-def run_signature(config: dict[str, Any]) -> str:
-    """What a run computes (model, task, method, training, evaluation, seed), as a stable string."""
-    kept = {k: v for k, v in config.items() if k not in _NOT_IN_SIGNATURE and k != "hydra"}
-    kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k not in _NOT_IN_TRAIN_SIGNATURE}
-    if "eval" in kept:
-        kept["eval"] = {k: v for k, v in kept["eval"].items() if k != "batch_size"}
-    return json.dumps(kept, sort_keys=True, default=str)
-
-
-def is_complete(cfg: DictConfig) -> bool:
-    """This exact run has finished before: its record is complete and was made with the same settings (records are
-    written last and atomically, so a killed run never counts)."""
-    path = record_path(cfg)
-    if not path.exists():
-        return False
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    current = run_signature(OmegaConf.to_container(cfg, resolve=True))
-    return bool(record.get("complete")) and run_signature(record.get("config", {})) == current
-
-
-def run_checkpointer(cfg: DictConfig) -> Checkpointer:
-    return Checkpointer(
-        checkpoint_path(cfg.output_dir, cfg.run_name),
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Validate ``cfg`` (every setting, before anything loads: a mistake costs seconds) and plan the run."""
+    validate(cfg)
+    family = family_for(cfg)
+    data = identity.data_fingerprint(family.data_sources())
+    signature = identity.run_signature(identity.resolved(cfg), data)
+    checkpoint = Checkpointer(
+        identity.checkpoint_path(cfg, data),
         int(cfg.train.get("checkpoint_every") or 0),
-        signature=run_signature(OmegaConf.to_container(cfg, resolve=True)),
+        signature=signature,
+        minutes=float(cfg.train.get("checkpoint_minutes") or 0),
+    )
+    return RunPlan(
+        family=family,
+        data=data,
+        run_id=identity.run_id(cfg, data),
+        settings_id=identity.settings_id(cfg, data),
+        record_path=identity.record_path(cfg, data),
+        checkpoint=checkpoint,
     )
 
 
+def finished_record(plan: RunPlan) -> dict[str, Any] | None:
+    """The complete record of this exact run (same settings, same data), or None."""
+    record = identity.read_record(plan.record_path)
+    return record if identity.is_complete(record) else None
+
+
 def finish_run(
-    cfg: DictConfig,
+    plan: RunPlan,
     record: dict[str, Any],
     result: TrainResult | None,
     eval_seconds: float,
     started: float,
     device: torch.device,
-    checkpoint: Checkpointer,
     tracker: Tracker,
 ) -> tuple[dict[str, Any], Path]:
     """Add the loss and cost fields, write the record (atomically, last), drop the checkpoint, log the tables."""
@@ -96,28 +98,62 @@ def finish_run(
         "eval_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - started,
         "peak_memory_gib": peak_memory_gib(device),
+        "status": "complete",
         "complete": True,
     }
-    path = write_json_atomic(record_path(cfg), record)
-    checkpoint.remove()
+    path = write_json_atomic(plan.record_path, record)
+    plan.checkpoint.remove()
     tracker.log_record(record)
     tracker.finish()
     return record, path
 
 
-def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]:
+def record_failure(plan: RunPlan, cfg: DictConfig, err: RunFailed) -> Path:
+    """A failed run leaves a record that says so (status failed, the reason, the step) and never counts as done."""
+    failed = {
+        "run_name": cfg.run_name,
+        "run_id": plan.run_id,
+        "settings_id": plan.settings_id,
+        "status": "failed",
+        "complete": False,
+        "reason": str(err),
+        "failed_at_step": err.step,
+        "config": identity.resolved(cfg),
+        "data_fingerprint": plan.data,
+        "environment": environment(),
+    }
+    return write_json_atomic(plan.record_path, failed)
+
+
+def run_experiment(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[dict[str, Any] | None, Path | None]:
     """Run the experiment ``cfg`` describes; returns the record and where it was written (None, None on the ranks
-    other than 0 of a torchrun launch)."""
+    other than 0 of a torchrun launch). A run that fails leaves a record with ``"status": "failed"``."""
+    plan = plan or plan_run(cfg)
+    try:
+        return _run(cfg, plan)
+    except RunFailed as err:
+        if distributed.is_main():
+            record_failure(plan, cfg, err)
+        raise
+
+
+def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | None]:
     started = time.perf_counter()
-    validate(cfg)  # every setting, before anything loads: a mistake costs seconds
-    family = family_for(cfg)
+    family = plan.family
+    if distributed.is_main():  # before any work: an unwritable output folder is found now, not after training
+        identity.probe_writable(plan.record_path.parent)
+        if plan.checkpoint.every > 0:
+            identity.probe_writable(plan.checkpoint.path.parent)
     torch.manual_seed(cfg.seed)
     device = distributed.init_from_env() or resolve_device(cfg.device)
 
     data = family.load_data()
     budget = plan_budget(cfg.train, data.train_size)
+    warnings = family.data_warnings(data)
     if distributed.is_main():
         print(f"budget: {budget.note}", flush=True)
+        for warning in warnings:
+            print(f"warning: {warning}", flush=True)
     model, tokenizer = family.load_model(device)
     total_params = sum(p.numel() for p in model.parameters())
     family.prepare_model(model)
@@ -138,7 +174,6 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]
 
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracker(cfg.logger if distributed.is_main() else {"name": "none"}, cfg.run_name, config)
-    checkpoint = run_checkpointer(cfg)
 
     def log(values: dict[str, Any], step: int) -> None:
         tracker.log(values, step=step)
@@ -158,7 +193,7 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]
             eval_every=cfg.train.eval_every,
             evaluate_fn=periodic,
             log_fn=lambda step, loss: log({"train/loss": loss}, step),
-            checkpoint=checkpoint,
+            checkpoint=plan.checkpoint,
         )
     if not distributed.is_main():  # rank 0 evaluates and writes the record
         return None, None
@@ -166,10 +201,15 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]
     eval_start = time.perf_counter()
     evaluation = family.evaluate(model, tokenizer, data, device, budget.steps)
     eval_seconds = time.perf_counter() - eval_start
-    log({k.replace("_", "/", 1): v for k, v in evaluation.final_metrics.items()}, budget.steps)
+    final_metrics, metric_notes = defined_metrics(evaluation.final_metrics)
+    log({k.replace("_", "/", 1): v for k, v in final_metrics.items() if v is not None}, budget.steps)
 
     record = {
         **run_identity(cfg, config, device),
+        "run_id": plan.run_id,
+        "settings_id": plan.settings_id,
+        "data_fingerprint": plan.data,
+        "warnings": warnings,
         "family": family.name,
         **family.data_fields(data),
         "trainable_params": trainable,
@@ -179,7 +219,24 @@ def run_experiment(cfg: DictConfig) -> tuple[dict[str, Any] | None, Path | None]
         "budget": budget.as_dict(),
         "train_tokens_per_step": budget.global_batch,
         "evaluations": [*(result.evaluations if result else []), *evaluation.evaluations],
-        "final_metrics": evaluation.final_metrics,
+        "final_metrics": final_metrics,
+        "metric_notes": metric_notes,
         **evaluation.fields,
     }
-    return finish_run(cfg, record, result, eval_seconds, started, device, checkpoint, tracker)
+    return finish_run(plan, record, result, eval_seconds, started, device, tracker)
+
+
+def defined_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Metrics with NaN as None, and why each one is missing (records are strict JSON; tables show n/a)."""
+    kept: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    for key, value in metrics.items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            kept[key] = None
+            notes[key] = (
+                "undefined (NaN): the metric has no value for these predictions and labels, e.g. a correlation "
+                "when the predictions or the labels are constant"
+            )
+        else:
+            kept[key] = value
+    return kept, notes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -60,7 +61,7 @@ def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
     """Per-layer trainable count, rank bound and measured rank of dW, the median rank, the singular values of the
     middle adapted layer's dW (none of these for full FT), and the frozen random values the adapter keeps."""
     from baselines import trains_every_weight
-    from tera.analysis import adapter_report, delta_spectrum, frozen_factor_values
+    from baselines.analysis import adapter_report, delta_spectrum, frozen_factor_values
 
     if trains_every_weight(method):
         return {"layers": [], "median_rank": None, "spectrum": None, "frozen_factor_values": 0}
@@ -77,15 +78,31 @@ def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
     }
 
 
+def strict_json(value: Any, _path: tuple[int, ...] = ()) -> Any:
+    """``value`` with every non-finite float (NaN, inf) as None: records are strict JSON, which has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in _path:
+            raise ValueError("Circular reference detected")
+        inner = (*_path, id(value))
+        if isinstance(value, dict):
+            return {k: strict_json(v, inner) for k, v in value.items()}
+        return [strict_json(v, inner) for v in value]
+    return value
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``payload`` as strict JSON to ``path`` via a temporary file in the same folder, fsync and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            json.dump(strict_json(payload), handle, indent=2, sort_keys=True, default=str, allow_nan=False)
             handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename: a crash never leaves a truncated record
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; a record is for everyone who can read results/
         os.replace(tmp, path)
     except BaseException:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import naming, plots
-from .paper_tables import accuracy_rows, write_spec_table
+from .paper_tables import accuracy_rows, match_runs, write_spec_table
 from .specs import SpecError, TableSpec, available, load_tables
 from .tables import read_records
 
@@ -57,14 +57,13 @@ def render(spec: TableSpec, results: Path) -> str:
     records_dir = results / "runs" / spec.records_dir
     markdown = write_spec_table(spec, records_dir, results / spec.out_name)
     if spec.kind == "accuracy":
-        records = read_records(records_dir)
-        rows = accuracy_rows(spec, records)
+        found = read_records(records_dir, warn=False)  # write_spec_table warned already
+        rows = accuracy_rows(spec, found)
         main = spec.reference["column"] if spec.reference else spec.columns[-1].label
         figures = results / "plots"
         plots.accuracy_vs_parameters(rows, main, spec.title, figures / f"{spec.out_name}-accuracy-vs-params.png")
         plots.variant_dots(rows, main, spec.title, figures / f"{spec.out_name}-variants.png")  # ablations only
-        wanted = [records[run.name] for run in spec.runs() if run.name in records]
-        plots.spectra(wanted, figures / f"{spec.out_name}-spectra.png")
+        plots.spectra(list(match_runs(spec, found)[0].values()), figures / f"{spec.out_name}-spectra.png")
     return markdown
 
 

@@ -43,6 +43,7 @@ class TrainSettings(_Section):
     max_grad_norm: float | None = Field(None, gt=0)
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(200, ge=0)
+    checkpoint_minutes: float = Field(5.0, ge=0)
 
 
 class EvalSettings(_Section):

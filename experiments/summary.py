@@ -18,12 +18,16 @@ def summarise(record: dict[str, Any], path: Path) -> str:
     if _family(record) == "causal":  # a decoder run: one line per evaluated task
         return "\n".join([*_head(record, rank_line), *_decoder_lines(record), *_tail(record, path)])
     validation = ", ".join(
-        f"{k.removeprefix('validation_')} {v:.4f}" for k, v in metrics.items() if k.startswith("validation_")
+        f"{k.removeprefix('validation_')} {_value(v)}" for k, v in metrics.items() if k.startswith("validation_")
     )
-    test = ", ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in metrics.items() if k.startswith("test_"))
+    test = ", ".join(f"{k.removeprefix('test_')} {_value(v)}" for k, v in metrics.items() if k.startswith("test_"))
     test_note = " (the validation split: test labels are hidden)" if record["test_is_validation"] else ""
     lines = [f"validation   {validation}", f"test         {test}{test_note}"]
     return "\n".join([*_head(record, rank_line), *lines, *_tail(record, path)])
+
+
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _family(record: dict[str, Any]) -> str:
@@ -50,7 +54,7 @@ def _decoder_lines(record: dict[str, Any]) -> list[str]:
     ]
     for task in tasks:
         prefix = f"test_{task}_"
-        values = ", ".join(f"{k.removeprefix(prefix)} {v:.4f}" for k, v in metrics.items() if k.startswith(prefix))
+        values = ", ".join(f"{k.removeprefix(prefix)} {_value(v)}" for k, v in metrics.items() if k.startswith(prefix))
         count = record["evaluated_examples"].get(task)
         lines.append(f"  {task:<12} {values}" + (f"  (n={count})" if count else ""))
     stand_ins = [f"{part}: {where}" for part, where in record["data_provenance"].items() if "STAND-IN" in where]
@@ -59,7 +63,9 @@ def _decoder_lines(record: dict[str, Any]) -> list[str]:
 
 def _tail(record: dict[str, Any], path: Path) -> list[str]:
     budget = record.get("budget")
+    notes = [f"{key} is n/a: {why}" for key, why in (record.get("metric_notes") or {}).items()]
     return [
+        *[f"warning      {line}" for line in [*(record.get("warnings") or []), *notes]],
         *([f"budget       {budget['note']}"] if budget else []),
         f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "
         f"eval {record['eval_seconds']:.0f} s, {record['steps']} steps)",

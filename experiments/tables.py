@@ -12,18 +12,19 @@ python -m experiments.tables results/runs/decoder-smollm2-tera-lr --out /tmp/lr 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from baselines import METHODS, trains_every_weight
+
+from .identity import is_complete, read_record, run_signature, short_hash
 
 BASE_LABEL = "base (no training)"  # a zero-step run: the pretrained model evaluated as it is
 
@@ -39,17 +40,92 @@ class Column:
     average: bool = False
 
 
-def read_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """Complete records in ``folder`` by file stem (the run name); unreadable or incomplete ones never count."""
-    records = {}
+REQUIRED = ("method", "model", "task", "seed", "final_metrics")
+PROPERTIES_REQUIRED = ("method", "model", "layers")  # Table 1's measurements: no task, seed or training
+
+
+@dataclass
+class RecordSet:
+    """The complete records of a folder, each (settings, seed) once, and what was left out and why."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<file> (why)": files that are not usable records
+    copies: int = 0  # records of a (settings, seed) already counted (a copied file, a rerun)
+    unfinished: int = 0  # failed or incomplete runs: never in a table
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("run_name") == name]
+
+    def notes(self) -> list[str]:
+        """What a reader of the table should know about the records it was not built from."""
+        notes = []
+        if self.skipped:
+            notes.append(f"Skipped {len(self.skipped)} unreadable file(s): {', '.join(self.skipped)}.")
+        if self.copies:
+            notes.append(f"{self.copies} record(s) repeat a (settings, seed) already counted; counted once.")
+        if self.unfinished:
+            notes.append(f"{self.unfinished} failed or unfinished run(s) are not counted.")
+        return notes
+
+
+def settings_of(record: dict[str, Any]) -> str:
+    """The settings a record was made with, the same for every seed (records from before ``settings_id`` existed
+    get it from their resolved config)."""
+    if record.get("settings_id"):
+        return record["settings_id"]
+    return short_hash(run_signature(record.get("config") or {}, record.get("data_fingerprint"), with_seed=False))
+
+
+def read_records(folder: Path, warn: bool = True) -> RecordSet:
+    """Every usable record in ``folder``: complete, readable, one per (settings, seed) (the newest where a record was
+    copied or rerun). Unreadable files are named in a warning and in :meth:`RecordSet.notes`."""
+    found = RecordSet()
+    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path in sorted(Path(folder).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if record.get("complete"):
-            records[path.stem] = record
-    return records
+        record = read_record(path)
+        if record is None:
+            found.skipped.append(f"{path.name} (not a JSON object)")
+        elif not is_complete(record):
+            found.unfinished += 1
+        elif missing := [key for key in _required(record) if key not in record]:
+            found.skipped.append(f"{path.name} (no {', '.join(missing)})")
+        else:
+            key = _identity(record)
+            if key in newest:
+                found.copies += 1
+                if _date(record) <= _date(newest[key]):
+                    continue
+            newest[key] = record
+    found.records = sorted(newest.values(), key=lambda r: (r.get("run_name") or "", r.get("seed") or 0))
+    if warn:
+        for line in found.skipped:
+            print(f"warning: skipping {Path(folder) / line}", file=sys.stderr)
+    return found
+
+
+def _required(record: dict[str, Any]) -> tuple[str, ...]:
+    return PROPERTIES_REQUIRED if record.get("table") == "properties" else REQUIRED
+
+
+def _identity(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two records the same measurement: (settings, seed) for a run, (method, model) for Table 1."""
+    if record.get("table") == "properties":
+        return ("properties", record["method"], record["model"])
+    return (settings_of(record), record["seed"])
+
+
+def _date(record: dict[str, Any]) -> str:
+    return (record.get("environment") or {}).get("date") or ""
+
+
+def newest_settings(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The records of the newest settings among ``records`` and how many of other settings were left out: runs
+    with different settings are never averaged as if they were seeds."""
+    if len({settings_of(r) for r in records}) <= 1:
+        return records, 0
+    latest = settings_of(max(records, key=_date))
+    kept = [r for r in records if settings_of(r) == latest]
+    return kept, len(records) - len(kept)
 
 
 def config_value(record: dict[str, Any], dotted: str) -> Any:
@@ -253,6 +329,51 @@ def render_rows(
 # --- any folder of records (no spec) ------------------------------------------------------------------------------
 
 
+class TableError(ValueError):
+    """A table that cannot be rendered as asked (one sentence, exit 2)."""
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+IGNORED_KEYS = {"seed", "run_name", "output_dir", "skip_complete", "device"}
+
+
+def setting_labels(records: list[dict[str, Any]]) -> dict[str, str]:
+    """For records of one (model, task, method) made with different settings: per settings id, the config values
+    that tell them apart (``lr=0.0004``), or the data fingerprint where only the data differs."""
+    by_settings = {settings_of(r): r for r in records}
+    flats = {sid: _flat(r.get("config") or {}) for sid, r in by_settings.items()}
+    keys = sorted({k for flat in flats.values() for k in flat} - IGNORED_KEYS)
+    differing = [k for k in keys if len({repr(flat.get(k)) for flat in flats.values()}) > 1]
+    differing = [k for k in differing if not k.startswith(("logger.", "train.checkpoint"))]
+    labels = {}
+    for sid, flat in flats.items():
+        shown = [f"{k.split('.')[-1]}={flat.get(k)}" for k in differing[:3]]
+        labels[sid] = ", ".join(shown) if shown else f"data {sid}"
+    return labels
+
+
+def _metric_choice(records: list[dict[str, Any]], metric: str | None, folder: Path) -> str:
+    available = sorted({k for r in records for k in r["final_metrics"]})
+    if metric is not None:
+        if metric not in available:
+            raise TableError(
+                f"No record under {folder} has the metric {metric!r}; choose one of: {', '.join(available)}."
+            )
+        return metric
+    mains = {config_value(r, "task.main_metric") for r in records}
+    if len(mains) == 1 and None not in mains and f"test_{next(iter(mains))}" in available:
+        return f"test_{next(iter(mains))}"
+    raise TableError(
+        f"The records under {folder} have no single main metric (several task families or tasks); pass --metric "
+        f"(or --task) with one of: {', '.join(available)}."
+    )
+
+
 def write_table(
     folder: Path,
     out: Path,
@@ -261,23 +382,27 @@ def write_table(
     task: str | None = None,
     label_by: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """One row per (model, task, method [and ``label_by`` settings]) of the complete records in ``folder``."""
-    records = [r for r in read_records(folder).values() if task is None or r["task"] == task]
+    """One row per (model, task, method [and ``label_by`` settings]) of the complete records in ``folder``; records
+    of one method made with other settings get rows of their own, labelled with what differs."""
+    found = read_records(folder)
+    records = [r for r in found.records if task is None or r["task"] == task]
     if not records:
-        raise SystemExit(f"error: no complete run records under {folder}" + (f" for task {task}." if task else "."))
-    main_metric = config_value(records[0], "task.main_metric")
-    if metric is None and main_metric is None:
-        raise SystemExit(f"error: the records under {folder} name no main metric; pass --metric (a final_metrics key).")
-    metric = metric or f"test_{main_metric}"
+        raise TableError(f"No complete run records under {folder}" + (f" for task {task}." if task else "."))
+    metric = _metric_choice(records, metric, folder)
     keys = ["model", "task", "method"]
-    runs = [
-        {"model": r["model"], "task": r["task"], "method": method_label(r, label_by), "seed": r["seed"], "record": r}
-        for r in records
-    ]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["model"], record["task"], method_label(record, label_by)), []).append(record)
+    runs = []
+    for (model, task_name, label), members in groups.items():
+        apart = setting_labels(members) if len({settings_of(r) for r in members}) > 1 else {}
+        for r in members:
+            method = f"{label} [{apart[settings_of(r)]}]" if apart else label
+            runs.append({"model": model, "task": task_name, "method": method, "seed": r["seed"], "record": r})
     runs.sort(key=lambda run: tuple(run[k] for k in keys))
     columns = [Column(label=metric, metric=metric)]
     rows = summarise(run_frame(runs, columns), keys, columns)
-    markdown, frame = render_rows(rows, keys, columns, title, records)
+    markdown, frame = render_rows(rows, keys, columns, title, records, notes=found.notes())
     write(out, markdown, frame)
     return rows
 
@@ -297,7 +422,11 @@ def main(argv=None) -> int:
         help="config key whose value tells a sweep's runs apart, e.g. method.decoder_lr (repeatable)",
     )
     args = parser.parse_args(argv)
-    write_table(args.records, args.out, args.title, args.metric, args.task, tuple(args.label_by))
+    try:
+        write_table(args.records, args.out, args.title, args.metric, args.task, tuple(args.label_by))
+    except TableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(args.out.with_suffix(".md").read_text())
     return 0
 

@@ -18,6 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import distributed
 from .checkpoints import Checkpointer, PreemptionGuard
+from .errors import RunFailed
 from .metrics import compute
 from .tasks import Example
 
@@ -156,51 +157,91 @@ def train(
     # Only with a checkpoint is a preemption signal worth deferring to the end of the step.
     guard = PreemptionGuard() if checkpoint is not None else contextlib.nullcontext()
     pending: list[torch.Tensor] = []  # step losses still on the device: read them (one sync) only when needed
+    # On a CPU reading a loss costs nothing: check every step; on an accelerator at the log steps (one sync).
+    read_every = 1 if device.type == "cpu" else log_every
+    done = first - 1  # the last step whose optimizer update is complete (what a checkpoint may hold)
 
-    def flush_losses() -> None:
-        if pending:
-            result.losses.extend(torch.stack(pending).tolist())
-            pending.clear()
+    def read_losses(step: int) -> None:
+        """Move the pending losses to ``result.losses``; stop the run at a non-finite loss or trainable value."""
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        pending.clear()
+        first_pending = step - len(values) + 1
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise RunFailed(
+                    f"Training stopped at step {first_pending + offset} of {steps}: the loss is {value} (a learning "
+                    f"rate too large, or data the loss cannot take); no result was recorded as complete.",
+                    step=first_pending + offset,
+                )
+        result.losses.extend(values)
+        if not all(bool(torch.isfinite(p).all()) for p in trainable):
+            raise RunFailed(
+                f"Training stopped at step {step} of {steps}: a trainable value is not finite (a learning rate too "
+                f"large?); no result was recorded as complete.",
+                step=step,
+            )
 
-    with guard:
-        for step in bar:
-            model.train()
-            step_loss = torch.zeros((), device=device)
-            for micro in range(grad_accum):
-                # Under DDP, all-reduce the gradients once per optimizer step: on the last micro-batch only.
-                with distributed.sync_gradients(forward, micro == grad_accum - 1):
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach().float()
-            if max_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            pending.append(step_loss)
-            evaluating = evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps
-            due = checkpoint is not None and checkpoint.due(step, steps)
-            if step % log_every == 0 or step == steps or evaluating or due:
-                flush_losses()
-                if log_fn is not None:
-                    log_fn(step, result.losses[-1])
-                bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
-            if evaluating:
-                result.train_seconds += time.perf_counter() - start
-                result.evaluations.append({"step": step, **evaluate_fn(step)})
-                start = time.perf_counter()
-            preempted = checkpoint is not None and guard.pending is not None
-            if (due or preempted) and distributed.is_main():
-                flush_losses()
-                elapsed = result.train_seconds + time.perf_counter() - start
-                state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
-                checkpoint.save(model, optimizer, scheduler, step, state)
-            if preempted:
-                print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
-                guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
-    flush_losses()
+    def save(step: int) -> None:
+        elapsed = result.train_seconds + time.perf_counter() - start
+        state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
+        try:
+            checkpoint.save(model, optimizer, scheduler, step, state)
+        except (OSError, RuntimeError) as err:  # a full disk: the run goes on, only its final record must be written
+            print(
+                f"warning: could not save the checkpoint of step {step} to {checkpoint.path} ({err}); training goes on"
+            )
+
+    try:
+        with guard:
+            for step in bar:
+                model.train()
+                step_loss = torch.zeros((), device=device)
+                for micro in range(grad_accum):
+                    # Under DDP, all-reduce the gradients once per optimizer step: on the last micro-batch only.
+                    with distributed.sync_gradients(forward, micro == grad_accum - 1):
+                        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                            loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
+                        scaler.scale(loss).backward()
+                    step_loss += loss.detach().float()
+                if max_grad_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                pending.append(step_loss)
+                done = step
+                evaluating = evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps
+                due = checkpoint is not None and checkpoint.due(step, steps)
+                logging = step % log_every == 0 or step == steps
+                if logging or evaluating or due or step % read_every == 0:
+                    read_losses(step)
+                if logging:
+                    if log_fn is not None:
+                        log_fn(step, result.losses[-1])
+                    bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
+                if evaluating:
+                    result.train_seconds += time.perf_counter() - start
+                    result.evaluations.append({"step": step, **evaluate_fn(step)})
+                    start = time.perf_counter()
+                preempted = checkpoint is not None and guard.pending is not None
+                if (due or preempted) and distributed.is_main():
+                    read_losses(step)
+                    save(step)
+                if preempted:
+                    print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
+                    guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what the finished steps did, so the same command continues from there.
+        if checkpoint is not None and distributed.is_main() and done >= first and checkpoint.saved_step != done:
+            del pending[done - len(result.losses) :]  # only the losses of finished steps (1..done) are kept
+            read_losses(done)
+            save(done)
+            print(f"interrupted: checkpoint of step {done} saved to {checkpoint.path}; the same command continues")
+        raise
+    read_losses(steps)
     result.train_seconds += time.perf_counter() - start
     return result

@@ -2,6 +2,7 @@
 one table path (mean/std, missing runs, reference, base rows, variants), the committed tables, plots and table 1."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from experiments.paper_tables import accuracy_rows, write_spec_table
 from experiments.reproduce import main as reproduce_main
 from experiments.reproduce import multirun_commands
 from experiments.specs import SPECS, SpecError, available, load_tables, parse_spec
-from experiments.tables import read_records
+from experiments.tables import RecordSet, read_records
 from tests.test_tables import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,12 +155,27 @@ SPEC = {
 
 
 def _record(
-    folder: Path, name: str, accuracy: float, trainable: int, method: str, steps: int = 10, frozen: int = 0, seed=0
+    folder: Path,
+    name: str,
+    accuracy: float,
+    trainable: int,
+    method: str,
+    steps: int = 10,
+    frozen: int = 0,
+    seed=0,
+    task: str | None = None,
 ) -> None:
     spectrum = {"layer": "l0", "singular_values": [1.0, 0.5, 0.25]}
+    task = task or ("suite/b" if "suite-b" in name else "suite/a")
+    # What a run's resolved config would hold: the seeds of one cell share it, variants differ in it.
+    config = {"method": {"name": method}, "task": {"name": task}, "train": {"max_steps": steps}, "seed": seed}
+    config["variant"] = re.sub(r"-s\d+", "", name)
     record = {
         "complete": True,
+        "run_name": name,
+        "config": config,
         "model": "m1",
+        "task": task,
         "method": method,
         "seed": seed,
         "steps": steps,
@@ -253,7 +269,7 @@ def test_ablation_table_shows_frozen_values_per_variant(tmp_path):
     assert rows[1]["frozen_factor_values"] == 12_000
     figure = plots.variant_dots(rows, "A", spec.title, tmp_path / "plots" / "variants.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert plots.variant_dots(accuracy_rows(parse_spec(SPEC), {}), "A", "none", tmp_path / "no.png") is None
+    assert plots.variant_dots(accuracy_rows(parse_spec(SPEC), RecordSet()), "A", "none", tmp_path / "no.png") is None
 
 
 BEFORE_AFTER = """

@@ -88,7 +88,8 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     model, _ = _tiny_tera()
     with pytest.raises(KeyboardInterrupt):
         _train(model, tokenizer, steps=6, checkpoint=checkpoint, log_fn=crash_at_5)
-    assert torch.load(tmp_path / "run.pt", weights_only=False)["step"] == 4
+    # Saved at step 4 (every 2 steps), then on the interruption after step 5 had finished (Ctrl-C keeps it too).
+    assert torch.load(tmp_path / "run.pt", weights_only=False)["step"] == 5
 
     resumed_model, _ = _tiny_tera()  # a fresh process: the same initial weights, the checkpoint on disk
     resumed = _train(resumed_model, tokenizer, steps=6, checkpoint=checkpoint)
@@ -181,19 +182,27 @@ def _common(tmp_path, data: str):
 
 
 @pytest.mark.slow
-def test_finished_runs_are_skipped_and_changed_settings_rerun(tmp_path):
-    args = _common(tmp_path / "runs", _tweets_csv(tmp_path))
+def test_one_record_per_distinct_run_finished_ones_skipped(tmp_path):
+    data = _tweets_csv(tmp_path)
+    args = _common(tmp_path / "runs", data)
     first = _cli(*args)
     assert first.returncode == 0, first.stderr
-    record = tmp_path / "runs" / "tera-sentiment-tweets-tiny-s0.json"
+    [record] = (tmp_path / "runs").glob("tera-sentiment-tweets-tiny-s0-*.json")  # the readable name, then the run id
     stamp = record.stat().st_mtime_ns
-    again = _cli(*args)
-    assert again.returncode == 0 and "skip tera-sentiment-tweets-tiny-s0" in again.stdout
-    assert record.stat().st_mtime_ns == stamp
-    changed = _cli(*args, "method.lr=1e-3")
-    assert changed.returncode == 0 and "skip tera" not in changed.stdout
-    assert json.loads(record.read_text())["config"]["method"]["lr"] == 1e-3
-    assert not (tmp_path / "runs" / ".checkpoints" / "tera-sentiment-tweets-tiny-s0.pt").exists()
+    # A sweep over a setting that is not in the name: the finished run is skipped, the other gets a record of its own.
+    sweep = _cli("-m", *args, "method.lr=0.02,0.001")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert sweep.stdout.count("skip tera-sentiment-tweets-tiny-s0") == 1 and record.stat().st_mtime_ns == stamp
+    records = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(records) == 2
+    assert sorted(json.loads(p.read_text())["config"]["method"]["lr"] for p in records) == [0.001, 0.02]
+    # The same path, other rows: the data is part of the run, so it runs again instead of keeping the old record.
+    with open(data, "a", newline="") as handle:
+        csv.writer(handle).writerow(["one more rather good line", 1])
+    edited = _cli(*args)
+    assert edited.returncode == 0 and "skip" not in edited.stdout
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 3
+    assert not list((tmp_path / "runs" / ".checkpoints").glob("*.pt"))  # removed once each record was written
 
 
 def _compose(*overrides: str):
@@ -217,7 +226,8 @@ def test_a_killed_run_writes_no_record_and_the_next_launch_resumes(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_experiment(cfg)
     assert list((tmp_path / "runs").glob("*.json")) == []
-    checkpoint = tmp_path / "runs" / ".checkpoints" / f"{cfg.run_name}.pt"
+    checkpoint = pipeline.plan_run(cfg).checkpoint.path
+    assert checkpoint.parent == tmp_path / "runs" / ".checkpoints" and checkpoint.name.startswith(cfg.run_name)
     assert checkpoint.exists()
 
     monkeypatch.setattr(pipeline, "train", real_train)
@@ -238,8 +248,8 @@ def test_submitit_local_multirun_of_two_tiny_jobs(tmp_path):
         *args,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    records = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))
-    assert records == ["lora-sentiment-tweets-tiny-s0.json", "tera-sentiment-tweets-tiny-s0.json"]
+    records = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").glob("*.json"))
+    assert records == ["lora-sentiment-tweets-tiny-s0", "tera-sentiment-tweets-tiny-s0"]
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # they ran as submitit jobs
 
     again = _cli(

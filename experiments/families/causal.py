@@ -13,7 +13,7 @@ from torch import nn
 from ..causal.batching import bucketed_batches, collate, tokenize_example
 from ..causal.generation import evaluate_by_generation
 from ..causal.lmeval import evaluate_with_lm_eval
-from ..causal.tasks import DecoderData, load_decoder_task
+from ..causal.tasks import DecoderData, decoder_task_sources, load_decoder_task
 from ..models import load_model
 from ..training import parameter_groups
 from . import Evaluation, Family
@@ -52,6 +52,9 @@ def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
 class CausalFamily(Family):
     name = "causal"
     task_type = "CAUSAL_LM"
+
+    def data_sources(self) -> list[str | Path]:
+        return decoder_task_sources(self.cfg.task)
 
     def load_data(self) -> DecoderData:
         data = load_decoder_task(self.cfg.task, seed=self.cfg.seed)

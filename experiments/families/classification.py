@@ -3,6 +3,7 @@ accuracy-type metrics on validation and test."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from baselines import trains_every_weight
 
 from ..models import load_model
-from ..tasks import TaskData, load_task
+from ..tasks import TaskData, load_task, task_sources
 from ..training import encode, evaluate, labels_of, parameter_groups, shuffled_batches
 from . import Evaluation, Family
 
@@ -23,6 +24,9 @@ class ClassificationFamily(Family):
         super().__init__(cfg)
         self.modules_to_save = tuple(cfg.model.get("head_modules") or ())
         self.regression = int(cfg.task.num_labels) == 1
+
+    def data_sources(self) -> list[str | Path]:
+        return task_sources(self.cfg.task)
 
     def load_data(self) -> TaskData:
         data = load_task(self.cfg.task, seed=self.cfg.seed)
@@ -85,6 +89,17 @@ class ClassificationFamily(Family):
             },
             fields={"test_is_validation": data.test_is_validation},
         )
+
+    def data_warnings(self, data: TaskData) -> list[str]:
+        # A warning, not a refusal: a small debugging subset can be one-class and the run is still well defined (the
+        # model learns the prior); but its accuracy says nothing about the method, and the reader must know that.
+        classes = {e["label"] for e in data.train}
+        if not self.regression and len(classes) == 1:
+            return [
+                f"the training set has one class only (label {next(iter(classes))!r} in all {len(data.train)} "
+                f"examples): the model can only learn to predict it"
+            ]
+        return []
 
     def data_fields(self, data: TaskData) -> dict[str, Any]:
         return {"data_sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}

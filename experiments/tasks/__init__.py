@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..datafiles import read_hub, read_local_splits
@@ -15,7 +16,7 @@ from ..errors import DataUnavailable
 
 Example = dict[str, Any]
 
-__all__ = ["DataUnavailable", "Example", "TaskData", "hub_splits", "load_task"]
+__all__ = ["DataUnavailable", "Example", "TaskData", "hub_splits", "load_task", "task_sources"]
 
 
 @dataclass
@@ -43,9 +44,15 @@ def _rows_to_examples(rows, text_fields: list[str], label_field: str, split: str
                 f"task.label_field or rename the columns."
             )
     return [
-        {"text_a": row[text_fields[0]], "text_b": row[second] if second else None, "label": row[label_field]}
+        {"text_a": row[text_fields[0]], "text_b": row[second] if second else None, "label": _label(row[label_field])}
         for row in rows
     ]
+
+
+def _label(value: Any) -> Any:
+    # A CSV column of 0/1 with one 0.5 in it is read as floats: keep whole numbers as class indices, so the check
+    # below names the value that is wrong (0.5), not every label.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def hub_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
@@ -53,6 +60,21 @@ def hub_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
     columns = ", ".join([*task["text_fields"], task.get("label_field", "label")])
     dataset = read_hub(task["hub_path"], task.get("hub_name"), columns=columns)
     return {name: list(split) for name, split in dataset.items()}
+
+
+hub_splits.data_sources = lambda task: [f"hub:{task['hub_path']}/{task.get('hub_name') or 'default'}"]
+
+
+def task_sources(task: Mapping[str, Any]) -> list[str | Path]:
+    """What ``load_task`` will read: the local files, else what the task's loader says it reads (its
+    ``data_sources`` attribute), for the run's data fingerprint."""
+    from hydra.utils import get_method
+
+    if task.get("data_files"):
+        return [Path(path) for path in task["data_files"].values()]
+    loader = get_method(task["loader"])
+    sources = getattr(loader, "data_sources", None)
+    return list(sources(task)) if sources else [f"loader:{task['loader']}"]
 
 
 def _check_labels(task: Mapping[str, Any], split: str, examples: list[Example]) -> None:

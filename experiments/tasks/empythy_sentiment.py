@@ -66,3 +66,7 @@ def tweet_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
     splits = load_splits(seed=task.get("split_seed", 0))
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     return {name: [{"text": text, "label": label} for text, label in part] for name, part in parts.items()}
+
+
+# The data fingerprint of the tweets task: the installed corpus file (hashed).
+tweet_splits.data_sources = lambda task: [corpus_path()]
