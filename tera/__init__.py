@@ -1,28 +1,26 @@
 """TeRA: vector-based random tensor-network adaptation, as a PEFT tuner.
 
 Importing this package registers the ``"TERA"`` PEFT type, so ``peft.get_peft_model(model, TeraConfig(...))``,
-``save_pretrained`` and ``PeftModel.from_pretrained`` work as for PEFT's own methods.
+``save_pretrained`` and ``PeftModel.from_pretrained`` work as for PEFT's own methods.  PEFT has no entry point for
+out-of-tree tuners, so a process that loads a TeRA adapter must ``import tera`` first; without it PEFT stops with
+``KeyError: 'TERA'``.
 """
 
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-
-from .analysis import LayerReport, adapter_report, register_rank_bound
-from .config import PEFT_TYPE, TeraConfig
-from .factors import SharedFactors, checksum, generate_factors
+from .analysis import LayerReport, adapter_report, register_effective_delta, register_rank_bound
+from .config import PEFT_TYPE, TeraConfig, TeraPeftType
+from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
 from .layer import Linear, TeraLayer
 from .model import SharedFactorsMismatch, TeraModel
 from .tensorize import TensorisationError, TensorPlan, balanced_split, plan_for_weight
+from .tuners_utils import MergeByDeltaWeight, linear_base, register_tuner
 
-# peft's register_peft_method only accepts names already in its PeftType enum; an out-of-tree tuner registers by
-# filling the three mappings under its own string type.
-PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] = TeraConfig
-PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] = TeraModel
-PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] = TeraModel.prefix
+register_tuner(PEFT_TYPE, TeraConfig, TeraModel)
 
 __all__ = [
     "PEFT_TYPE",
     "LayerReport",
     "Linear",
+    "MergeByDeltaWeight",
     "SharedFactors",
     "SharedFactorsMismatch",
     "TensorPlan",
@@ -30,10 +28,15 @@ __all__ = [
     "TeraConfig",
     "TeraLayer",
     "TeraModel",
+    "TeraPeftType",
+    "adapter_checksum",
     "adapter_report",
     "balanced_split",
     "checksum",
     "generate_factors",
+    "linear_base",
     "plan_for_weight",
+    "register_effective_delta",
     "register_rank_bound",
+    "register_tuner",
 ]

@@ -1,8 +1,11 @@
 """Per-layer accounting of any PEFT adapter: trainable values, rank bound of dW and its measured rank.
 
-Works on every PEFT tuner layer that has ``get_delta_weight(adapter_name)`` (LoRA, DoRA, VeRA, LoKr, HiRA, TeRA, ...).
-The theoretical bound comes from a small registry keyed by layer class; methods without an entry get the trivial
-bound ``min(d_out, d_in)``.  Other packages (e.g. ``baselines``) add their bounds with :func:`register_rank_bound`.
+This module knows no method but TeRA.  It measures any PEFT tuner layer that has ``get_delta_weight(adapter_name)``;
+what is method-specific comes from two small registries keyed by layer class, which other packages fill:
+``baselines.analysis`` registers PEFT's LoRA, DoRA, VeRA, HiRA, LoKr and our MoRA when ``baselines`` is imported.
+A layer class without entries still gets correct numbers, only looser or slower ones: the trivial bound
+``min(d_out, d_in)``, and the update measured as merged weight minus base weight on a copy of the layer (what merging
+really applies, whatever ``get_delta_weight`` returns).
 """
 
 from __future__ import annotations
@@ -12,11 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from peft.tuners.hira import HiraLayer
-from peft.tuners.lokr import LoKrLayer
-from peft.tuners.lora import LoraLayer
+from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.tuners.vera import VeraLayer
 from torch import nn
 
 from .layer import TeraLayer
@@ -36,14 +36,21 @@ def register_rank_bound(layer_cls: type, bound: RankBound) -> None:
     _RANK_BOUNDS[layer_cls] = bound
 
 
-def _shape(layer: BaseTunerLayer) -> tuple[int, int]:
+def layer_shape(layer: BaseTunerLayer) -> tuple[int, int]:
+    """``(d_out, d_in)`` of the layer's base weight."""
     base = layer.get_base_layer()
     return int(base.out_features), int(base.in_features)
 
 
 def register_effective_delta(layer_cls: type, delta: EffectiveDelta) -> None:
-    """Declare how to get the update a layer really applies when ``get_delta_weight`` returns only a factor of it."""
+    """Declare how to get the update a layer class really applies; :func:`delta_weight_is_update` when its
+    ``get_delta_weight`` already is that update (cheaper than the default, which merges a copy of the layer)."""
     _EFFECTIVE_DELTAS[layer_cls] = delta
+
+
+def delta_weight_is_update(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
+    """For layers whose merge adds exactly ``get_delta_weight`` to the base weight (TeRA, MoRA, LoRA, VeRA, ...)."""
+    return layer.get_delta_weight(adapter_name)
 
 
 def merged_minus_base(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
@@ -54,54 +61,25 @@ def merged_minus_base(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
     return clone.get_base_layer().weight.detach() - before
 
 
-def effective_delta(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
+def _lookup(registry: dict[type, Callable], layer: BaseTunerLayer) -> Callable | None:
     for cls in type(layer).__mro__:
-        if cls in _EFFECTIVE_DELTAS:
-            return _EFFECTIVE_DELTAS[cls](layer, adapter_name)
-    return layer.get_delta_weight(adapter_name)
+        if cls in registry:
+            return registry[cls]
+    return None
 
 
-def _uses_dora(layer: BaseTunerLayer, name: str) -> bool:
-    return bool(getattr(layer, "use_dora", {}).get(name, False))
+def effective_delta(layer: BaseTunerLayer, adapter_name: str) -> torch.Tensor:
+    """The update ``dW`` that the adapter really applies to the layer's weight."""
+    return (_lookup(_EFFECTIVE_DELTAS, layer) or merged_minus_base)(layer, adapter_name)
 
 
 register_rank_bound(TeraLayer, lambda layer, name: layer.rank_bound(name))
-register_rank_bound(VeraLayer, lambda layer, name: min(layer.r[name], *_shape(layer)))
-# DoRA rescales the columns of W0 + BA, so its real update is not low-rank; plain LoRA's is rank r.
-register_rank_bound(
-    LoraLayer, lambda layer, name: min(_shape(layer)) if _uses_dora(layer, name) else min(layer.r[name], *_shape(layer))
-)
-# PEFT's DoRA and HiRA layers return only the B A factor from get_delta_weight; the update they apply is
-# m (W0 + BA) / |W0 + BA| - W0 (DoRA) and W0 * (BA) (HiRA, bound r * rank(W0), i.e. full in practice).
-register_effective_delta(
-    LoraLayer,
-    lambda layer, name: merged_minus_base(layer, name) if _uses_dora(layer, name) else layer.get_delta_weight(name),
-)
-register_effective_delta(HiraLayer, merged_minus_base)
-
-
-def _lokr_factor_rank(layer: BaseTunerLayer, name: str, which: str) -> int:
-    full = getattr(layer, f"lokr_{which}")
-    if name in full:
-        return min(full[name].shape)
-    a, b = getattr(layer, f"lokr_{which}_a")[name], getattr(layer, f"lokr_{which}_b")[name]  # (m, r) @ (r, n)
-    return min(a.shape[0], a.shape[1], b.shape[1])
-
-
-# LoKr: dW = kron(W1, W2), and rank(kron(A, B)) = rank(A) rank(B).
-register_rank_bound(
-    LoKrLayer,
-    lambda layer, name: min(
-        _lokr_factor_rank(layer, name, "w1") * _lokr_factor_rank(layer, name, "w2"), *_shape(layer)
-    ),
-)
+register_effective_delta(TeraLayer, delta_weight_is_update)
 
 
 def rank_bound(layer: BaseTunerLayer, adapter_name: str) -> int:
-    for cls in type(layer).__mro__:
-        if cls in _RANK_BOUNDS:
-            return int(_RANK_BOUNDS[cls](layer, adapter_name))
-    return min(_shape(layer))
+    bound = _lookup(_RANK_BOUNDS, layer)
+    return min(layer_shape(layer)) if bound is None else int(bound(layer, adapter_name))
 
 
 def trainable_count(layer: BaseTunerLayer, adapter_name: str) -> int:
@@ -154,7 +132,7 @@ def adapter_report(model: nn.Module, adapter_name: str | None = None, measure_ra
         adapter = adapter_name or module.active_adapters[0]
         if trainable_count(module, adapter) == 0:
             continue
-        d_out, d_in = _shape(module)
+        d_out, d_in = layer_shape(module)
         rank = tolerance = None
         if measure_rank:
             with torch.no_grad():
@@ -199,20 +177,26 @@ def delta_spectrum(model: nn.Module, which: str = "middle", adapter_name: str | 
     return {"layer": name.removeprefix("base_model.model."), "singular_values": values.tolist()}
 
 
+def shared_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor a tuner keeps in a PEFT ``BufferDict`` (TeRA's factors, VeRA's and RandLoRA's projections), by its
+    name in ``model``: the frozen random values that must be identical wherever the model is (e.g. on every rank)."""
+    found = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, BufferDict):
+            for key, tensor in module.items():
+                found[f"{prefix}.{key}" if prefix else key] = tensor
+    return found
+
+
 def frozen_factor_values(model: nn.Module) -> int:
     """Number of frozen random values an adapter keeps beside the base model (TeRA's factors, VeRA's and RandLoRA's
     projections): the elements of every PEFT ``BufferDict``, each storage counted once however many layers refer to
     it.  Zero for LoRA-like methods; what sharing TeRA's factors across layers saves."""
-    from peft.tuners._buffer_dict import BufferDict
-
     seen: set[tuple[str, int]] = set()
     total = 0
-    for module in model.modules():
-        if not isinstance(module, BufferDict):
-            continue
-        for tensor in module.values():
-            key = (str(tensor.device), tensor.untyped_storage().data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += tensor.numel()
+    for tensor in shared_buffers(model).values():
+        key = (str(tensor.device), tensor.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel()
     return total

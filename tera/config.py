@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
-PEFT_TYPE = "TERA"
+
+class TeraPeftType(str, enum.Enum):
+    """TeRA's PEFT type: a str enum member like PEFT's own ``PeftType`` ones (``.value``, equal to ``"TERA"``)."""
+
+    TERA = "TERA"
+
+
+PEFT_TYPE = TeraPeftType.TERA
 FORWARD_PATHS = ("auto", "factorised", "merged")
 PLACEMENTS = ("rank", "mode")
 
@@ -26,7 +34,9 @@ class TeraConfig(PeftConfig):
             Names (or a regex) of modules to leave alone.
         tensor_order (`int`, defaults to `2`):
             Modes per side: ``d_out`` and ``d_in`` are each split into this many balanced factors (4096 -> 64 x 64,
-            11008 -> 86 x 128).  Higher orders mean fewer trained values and smaller shared factors.
+            11008 -> 86 x 128).  Higher orders mean fewer trained values and smaller shared factors.  A dimension
+            with fewer prime factors gets size-1 modes (2 -> 1 x 2, a prime p -> 1 x p), so every ``nn.Linear``
+            shape, e.g. a 20 -> 2 classifier head, works without a ``tensor_shape``.
         tensor_shape (`dict[str, list[list[int]]]`, *optional*):
             Explicit split per weight shape, keyed ``"<d_out>x<d_in>"``: ``{"4096x11008": [[64, 64], [86, 128]]}``.
             Shapes not listed use ``tensor_order``.
@@ -58,8 +68,12 @@ class TeraConfig(PeftConfig):
             Store the shared factors in the adapter file.  A full core is as large as the weight itself (hundreds of
             MB for a 7B model), so by default they are regenerated from the key and only a checksum is stored.
         projection_checksums (`dict[str, str]`):
-            Filled in automatically: a digest of the regenerated factors per tensor plan, checked again on load so
-            that regenerating different numbers fails loudly instead of silently changing the model.
+            Filled in automatically, one per factor group (tensor plan): a digest of the factors together with
+            ``diagonal_placement`` and ``scaling``.  Every load checks it, so regenerated factors that differ (another
+            key, another PyTorch version) or an edited placement or scaling fail loudly instead of silently changing
+            the model; a config without checksums is refused unless the adapter file holds the factors.  Load an
+            adapter with the config saved beside it (``PeftModel.from_pretrained(model, path)``), in a process that
+            has run ``import tera`` (without it PEFT stops with ``KeyError: 'TERA'``).
         forward_path (`str`, defaults to `"auto"`):
             ``"factorised"`` contracts the input through the factors (cheap for shrunk cores and few tokens),
             ``"merged"`` builds ``W + dW`` and runs one matmul with a custom backward (cheap for full cores and many
@@ -124,5 +138,5 @@ class TeraConfig(PeftConfig):
             raise ValueError(
                 f"zero_init_mode must index one of the {2 * self.tensor_order} modes, got {self.zero_init_mode}."
             )
-        if self.layers_pattern and not self.layers_to_transform:
+        if self.layers_pattern and self.layers_to_transform is None:  # 0 is a layer index, not a missing value
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")

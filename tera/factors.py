@@ -2,8 +2,9 @@
 
 They are regenerated from ``projection_prng_key`` on a CPU generator, one independent stream per factor group (the
 tensor plan when factors are shared, the plan and the layer's name when they are not), so the factors of one group do
-not depend on which other groups a model has.  A short checksum of the float32 values lets a
-reload that regenerates different numbers (another PyTorch version, another key) fail loudly.
+not depend on which other groups a model has.  A short checksum of the float32 values, combined with the config
+fields that say how the trained diagonals act on them (:func:`adapter_checksum`), lets a reload that would compute a
+different update (another PyTorch version, another key, an edited placement or scaling) fail loudly.
 """
 
 from __future__ import annotations
@@ -69,4 +70,12 @@ def checksum(shared: SharedFactors) -> str:
     digest = hashlib.sha256()
     for tensor in (shared.core, *shared.factors):
         digest.update(tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def adapter_checksum(factor_digest: str, placement: str, scaling: float) -> str:
+    """The checksum a TeRA config records per factor group: the factors' digest (:func:`checksum`) together with the
+    diagonal placement and the scaling, the fields that change ``dW`` for the same trained values without changing
+    any tensor shape (so a load with them edited would otherwise succeed and compute another model)."""
+    digest = hashlib.sha256(f"{factor_digest}|{placement}|{float(scaling)!r}".encode())
     return digest.hexdigest()[:16]

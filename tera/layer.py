@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .config import TeraConfig
 from .contraction import delta_weight, factorised_delta, merged_linear
 from .cost import FACTORISED, MERGED, choose_path
 from .tensorize import TensorPlan
-
-
-def linear_base(target: nn.Module, current_key: str | None, method: str) -> nn.Linear:
-    """The nn.Linear under ``target`` (a plain module or an already adapted layer), or one clear TypeError."""
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if not isinstance(base, nn.Linear):
-        raise TypeError(
-            f"{method} target module {current_key!r} is a {type(base).__name__}, not an nn.Linear; remove it from "
-            f"target_modules ({method} adapts nn.Linear layers only)."
-        )
-    return base
+from .tuners_utils import MergeByDeltaWeight
 
 
 def factor_group(plan: TensorPlan, module_name: str | None, share_factors: bool) -> str:
@@ -151,43 +140,6 @@ class TeraLayer(BaseTunerLayer):
         tokens = x.numel() // x.shape[-1]
         training = torch.is_grad_enabled() and self.tera_lambda[adapter_name].requires_grad
         return choose_path(self.tera_plan[adapter_name], tokens, training, x.device.type, x.element_size())
-
-
-class MergeByDeltaWeight:
-    """``merge`` / ``unmerge`` for tuner layers whose update is ``get_delta_weight(name)`` added to the base weight.
-
-    Shared by TeRA and the baselines implemented in this suite (MoRA); the adapter's first ``adapter_layer_names``
-    container says which adapters the layer holds.
-    """
-
-    def _holds(self, name: str) -> bool:
-        return name in getattr(self, self.adapter_layer_names[0])
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for name in adapter_names or []:
-            if not self._holds(name):
-                continue
-            if safe_merge:
-                weight = base.weight.data.clone()
-                weight += self.get_delta_weight(name)
-                if not torch.isfinite(weight).all():
-                    raise ValueError(f"NaNs detected in the merged weights; the adapter {name!r} seems broken.")
-                base.weight.data = weight
-            else:
-                base.weight.data += self.get_delta_weight(name)
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if self._holds(name):
-                base.weight.data -= self.get_delta_weight(name)
 
 
 class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):

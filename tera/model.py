@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -11,15 +12,24 @@ from peft.utils import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
 from torch import nn
 
 from .config import TeraConfig
-from .factors import checksum, generate_factors
-from .layer import Linear, TeraLayer, core_key, factor_group, factor_key, linear_base
+from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
+from .layer import Linear, TeraLayer, core_key, factor_group, factor_key
 from .tensorize import TensorPlan, plan_for_weight
+from .tuners_utils import linear_base
 
 SHARED_ATTR = "tera_shared"
 
 
 class SharedFactorsMismatch(ValueError):
-    """Regenerated shared factors differ from the ones an adapter was trained with."""
+    """Loading would compute another update than the one an adapter was trained with (factors, placement, scaling)."""
+
+
+@dataclass(frozen=True)
+class _FactorGroup:
+    """One set of shared frozen factors on the model: its buffer keys and the digest of its generated values."""
+
+    keys: tuple[str, ...]
+    digest: str  # of the float32 values as generated, before any dtype cast
 
 
 class TeraModel(BaseTuner):
@@ -28,7 +38,13 @@ class TeraModel(BaseTuner):
     The frozen core and factor matrices of every tensor plan are stored once, in the ``tera_shared`` buffer dict of
     this module, keyed by plan (``<plan>_core``, ``<plan>_f<n>``), and are shared by every layer and every adapter with
     that plan.  Adapters on one model must therefore agree on ``projection_prng_key`` and ``save_projection``.  With
-    ``share_factors=False`` (an ablation) the key is the plan and the layer's name: one set per layer.
+    ``share_factors=False`` (an ablation) the key is the plan and the layer's name: one set per layer.  Deleting the
+    last adapter that uses a set of factors frees it.
+
+    Every adapter's config records a checksum per factor group (:func:`tera.factors.adapter_checksum`: the factors,
+    the diagonal placement and the scaling).  Every load checks it: a config without checksums whose factors are not
+    in the adapter file is refused, and one whose checksums do not match is refused, so a load never silently
+    computes another model.
     """
 
     uses_shared_state: bool = True
@@ -37,14 +53,17 @@ class TeraModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
 
     def _pre_injection_hook(self, model: nn.Module, config: TeraConfig, adapter_name: str) -> None:
+        # Called once, for the first adapter; later adapters reuse (and extend) these.
         self.tera_shared = BufferDict({}, persistent=config.save_projection)
+        self._groups: dict[str, _FactorGroup] = {}
+        self._arrived_checksums: dict[str, dict[str, str]] = {}  # adapter -> checksums its config came with
 
     def _check_new_adapter_config(self, config: TeraConfig) -> None:
         super()._check_new_adapter_config(config)
-        # Called once per adapter before its layers are made: the checksums a loaded config arrives with (none for a
-        # new adapter). A per-layer adapter must find its every layer group there.
-        self._recorded_groups = set(config.projection_checksums)
         new_name = next(name for name, conf in self.peft_config.items() if conf is config)
+        # Called once per adapter before its layers are made. A loaded config arrives with checksums, a new one with
+        # none; injection fills in the missing ones, so keep what arrived for the checks at load time.
+        self._arrived_checksums[new_name] = dict(config.projection_checksums)
         for name, other in self.peft_config.items():
             if other is config:
                 continue
@@ -57,34 +76,73 @@ class TeraModel(BaseTuner):
                     )
 
     def _ensure_shared_factors(
-        self, plan: TensorPlan, group: str, config: TeraConfig, device: torch.device, dtype
+        self,
+        plan: TensorPlan,
+        group: str,
+        config: TeraConfig,
+        adapter_name: str,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> None:
-        """Create the factors of ``group`` once; check them against the config's recorded checksum."""
-        shared: BufferDict = self.tera_shared
-        if core_key(group) in shared:
-            return
-        recorded_groups = getattr(self, "_recorded_groups", set())
-        if not config.share_factors and recorded_groups and group not in recorded_groups:
-            raise SharedFactorsMismatch(
-                f"The TeRA adapter has per-layer factors (share_factors=False) but none recorded for layer group "
-                f"{group}: it was trained on a model whose modules are named differently; load it onto the same model "
-                f"class it was trained with."
-            )
-        generated = generate_factors(plan, config.projection_prng_key, stream=group)
-        digest = checksum(generated)
-        recorded = config.projection_checksums.get(group)
-        if recorded is not None and recorded != digest and not config.save_projection:
-            raise SharedFactorsMismatch(
-                f"The shared TeRA factors regenerated for {group} (checksum {digest}) differ from those the adapter "
-                f"was trained with ({recorded}), so loading would silently change the model; load it with the PyTorch "
-                f"version it was saved with, or save the adapter with save_projection=True."
-            )
-        config.projection_checksums[group] = digest
-        # Factors take the weight's floating dtype: a bf16 model gets bf16 factors (the checksum is of float32 values).
-        target_dtype = dtype if dtype.is_floating_point else torch.float32
-        shared[core_key(group)] = generated.core.to(device=device, dtype=target_dtype)
-        for mode, factor in enumerate(generated.factors):
-            shared[factor_key(group, mode)] = factor.to(device=device, dtype=target_dtype)
+        """Create the factors of ``group`` once; record (or check) this adapter's checksum for them."""
+        arrived = self._arrived_checksums.get(adapter_name, {})
+        if group not in self._groups:
+            if not config.share_factors and arrived and group not in arrived:
+                raise SharedFactorsMismatch(
+                    f"The TeRA adapter has per-layer factors (share_factors=False) but none recorded for layer group "
+                    f"{group}: it was trained on a model whose modules are named differently; load it onto the same "
+                    f"model class it was trained with."
+                )
+            generated = generate_factors(plan, config.projection_prng_key, stream=group)
+            # Factors take the weight's floating dtype: a bf16 model gets bf16 factors (the digest is of float32).
+            target_dtype = dtype if dtype.is_floating_point else torch.float32
+            keys = (core_key(group), *(factor_key(group, n) for n in range(len(plan.modes))))
+            for key, tensor in zip(keys, (generated.core, *generated.factors)):
+                self.tera_shared[key] = tensor.to(device=device, dtype=target_dtype)
+            self._groups[group] = _FactorGroup(keys=keys, digest=checksum(generated))
+        digest = self._checksum(group, config)
+        recorded = arrived.get(group)
+        if recorded is not None and not config.save_projection:
+            _check_recorded(group, config, recorded, digest)  # fail before any weight is read
+        config.projection_checksums[group] = recorded if recorded is not None else digest
+
+    def _checksum(self, group: str, config: TeraConfig, tensors: list[torch.Tensor] | None = None) -> str:
+        """This adapter's checksum of ``group``: of the factors as generated, or (when they are saved in the adapter
+        file) of ``tensors`` / the stored buffers, the values a load will really use."""
+        if tensors is None and config.save_projection:
+            tensors = [self.tera_shared[key] for key in self._groups[group].keys]
+        digest = self._groups[group].digest if tensors is None else checksum(SharedFactors(tensors[0], tensors[1:]))
+        return adapter_checksum(digest, config.diagonal_placement, config.scaling)
+
+    def _adapter_groups(self, adapter_name: str) -> set[str]:
+        return {
+            module.tera_factor_group[adapter_name]
+            for module in self.model.modules()
+            if isinstance(module, TeraLayer) and adapter_name in module.tera_factor_group
+        }
+
+    def _verify_load(self, adapter_name: str, config: TeraConfig, state_dict: dict[str, torch.Tensor]) -> None:
+        """Refuse a load that cannot be shown to compute the update the adapter was trained with."""
+        arrived = self._arrived_checksums.get(adapter_name, {})
+        for group in sorted(self._adapter_groups(adapter_name)):
+            recorded = arrived.get(group)
+            if config.save_projection:
+                full = [f"base_model.{SHARED_ATTR}.{key}" for key in self._groups[group].keys]
+                missing = [key for key in full if key not in state_dict]
+                if missing:
+                    raise ValueError(
+                        f"The TeRA adapter file lacks the shared factors {missing} although its config says "
+                        f"save_projection=True; the file is incomplete or belongs to another model, save it again."
+                    )
+                digest = self._checksum(group, config, [state_dict[key] for key in full])
+                if recorded is None:  # the factors come from the file itself: nothing to regenerate or compare
+                    config.projection_checksums[group] = digest
+                    continue
+            else:
+                if recorded is None:
+                    raise SharedFactorsMismatch(_missing_checksum_message(group, config, arrived))
+                digest = self._checksum(group, config)
+            _check_recorded(group, config, recorded, digest)
 
     def _create_and_replace(
         self, tera_config: TeraConfig, adapter_name: str, target, target_name, parent, current_key=None, **kwargs
@@ -100,7 +158,7 @@ class TeraModel(BaseTuner):
         weight = base.weight
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
         group = factor_group(plan, current_key, tera_config.share_factors)
-        self._ensure_shared_factors(plan, group, tera_config, device, weight.dtype)
+        self._ensure_shared_factors(plan, group, tera_config, adapter_name, device, weight.dtype)
         if isinstance(target, Linear):
             target.update_layer(adapter_name, self.tera_shared, plan, tera_config, group=group)
             return
@@ -109,25 +167,35 @@ class TeraModel(BaseTuner):
             new_module.requires_grad_(False)  # a further adapter is not trainable until it is made active
         self._replace_module(parent, target_name, new_module, target)
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter, and free the shared factors that no remaining adapter uses."""
+        super().delete_adapter(adapter_name)
+        self._arrived_checksums.pop(adapter_name, None)
+        used = {
+            group for m in self.model.modules() if isinstance(m, TeraLayer) for group in m.tera_factor_group.values()
+        }
+        for group in [g for g in self._groups if g not in used]:
+            for key in self._groups.pop(group).keys:
+                del self.tera_shared[key]
+
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        if config.save_projection:
-            # One canonical copy of the factors this adapter's layers use, never one per layer.
-            keys = set()
-            for module in model.modules():
-                if isinstance(module, TeraLayer) and adapter_name in module.tera_plan:
-                    plan, group = module.tera_plan[adapter_name], module.tera_factor_group[adapter_name]
-                    keys.add(core_key(group))
-                    keys.update(factor_key(group, n) for n in range(len(plan.modes)))
-            for key in sorted(keys):
-                full = f"base_model.{SHARED_ATTR}.{key}"
-                if full not in state_dict:
-                    raise ValueError(
-                        "The model was created with save_projection=False, so its shared factors are not part of its "
-                        "state; set save_projection=False in the config before saving."
-                    )
-                to_return[full] = state_dict[full]
+        if not config.save_projection:
+            return to_return
+        tuner = _find_tuner(model)
+        # One canonical copy of the factors this adapter's layers use, never one per layer.
+        for group in sorted(tuner._adapter_groups(adapter_name)):
+            full = [f"base_model.{SHARED_ATTR}.{key}" for key in tuner._groups[group].keys]
+            if any(key not in state_dict for key in full):
+                raise ValueError(
+                    "The model was created with save_projection=False, so its shared factors are not part of its "
+                    "state; set save_projection=False in the config before saving."
+                )
+            to_return.update({key: state_dict[key] for key in full})
+            # The config is written after the weights: record the checksum of the values in this file (they may have
+            # been cast since the adapter was made, e.g. model.to(torch.bfloat16)).
+            config.projection_checksums[group] = tuner._checksum(group, config, [state_dict[key] for key in full])
         return to_return
 
     @classmethod
@@ -145,4 +213,46 @@ class TeraModel(BaseTuner):
                 stacklevel=2,
             )
             remapped = {k: v for k, v in remapped.items() if f".{SHARED_ATTR}." not in k}
+        _find_tuner(model)._verify_load(adapter_name, config, remapped)
         return remapped
+
+
+def _find_tuner(model: nn.Module) -> TeraModel:
+    """The TeraModel inside ``model`` (a PeftModel, or the tuner itself)."""
+    if isinstance(model, TeraModel):
+        return model
+    tuner = next((m for m in model.modules() if isinstance(m, TeraModel)), None)
+    if tuner is None:
+        raise TypeError("TeRA adapters are saved and loaded through a PeftModel made by peft.get_peft_model.")
+    return tuner
+
+
+def _check_recorded(group: str, config: TeraConfig, recorded: str, digest: str) -> None:
+    if recorded == digest:
+        return
+    source = (
+        "stored in the adapter file"
+        if config.save_projection
+        else (f"regenerated from projection_prng_key={config.projection_prng_key}")
+    )
+    raise SharedFactorsMismatch(
+        f"The shared TeRA factors for {group}, {source}, with diagonal_placement={config.diagonal_placement!r} and "
+        f"scaling={config.scaling!r} have checksum {digest}, not the {recorded} the adapter was saved with, so loading "
+        f"would silently change the model: the config was edited or this PyTorch version draws other factors; load "
+        f"the adapter with the config it was saved with, or save it with save_projection=True."
+    )
+
+
+def _missing_checksum_message(group: str, config: TeraConfig, arrived: dict[str, str]) -> str:
+    if not arrived:
+        return (
+            f"The TeRA config being loaded has no projection_checksums and the adapter file holds no shared factors "
+            f"(save_projection=False), so nothing shows that the factors regenerated from projection_prng_key="
+            f"{config.projection_prng_key} are the ones the adapter was trained with; load it with the config saved "
+            f"beside it (PeftModel.from_pretrained without config=, or TeraConfig.from_pretrained(path))."
+        )
+    return (
+        f"The TeRA config being loaded records checksums for {sorted(arrived)} but this model needs factor group "
+        f"{group}: the config's tensor_order, tensor_shape or core_rank_ratio were edited, or the adapter was trained "
+        f"on a model with other weight shapes; load it with its saved config onto the model it was trained on."
+    )

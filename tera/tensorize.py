@@ -17,36 +17,43 @@ class TensorisationError(ValueError):
 
 
 def balanced_split(dim: int, order: int) -> tuple[int, ...]:
-    """Split ``dim`` into ``order`` integer factors (all > 1) that are as close to each other as possible.
+    """Split ``dim`` into ``order`` integer factors that are as close to each other as possible, in ascending order.
 
-    The factors are returned in ascending order, e.g. ``balanced_split(4096, 2) == (64, 64)`` and
-    ``balanced_split(11008, 2) == (86, 128)``.  Raises :class:`TensorisationError` when no such split exists.
+    Factors are larger than 1 whenever such a split exists: ``balanced_split(4096, 2) == (64, 64)``,
+    ``balanced_split(11008, 2) == (86, 128)``.  Otherwise the missing factors are size-1 modes, so every ``nn.Linear``
+    shape has a plan: ``balanced_split(2, 2) == (1, 2)`` (a 20 -> 2 classifier head), ``balanced_split(7, 3) ==
+    (1, 1, 7)``.  A size-1 mode carries a single trained value and leaves the rank bound ``min(prod R_out, prod R_in)``
+    as it is, so such a side simply behaves like one of lower order.
     """
     if order < 1:
         raise TensorisationError(f"tensor_order must be at least 1, got {order}.")
+    if dim < 1:
+        raise TensorisationError(f"Cannot tensorise a dimension of size {dim}.")
     if order == 1:
         return (dim,)
+    best = _split_above_one(dim, order)
+    if best is None:
+        return (1, *balanced_split(dim, order - 1))  # fewer real modes: pad with size-1 ones
+    return best
+
+
+def _split_above_one(dim: int, order: int) -> tuple[int, ...] | None:
+    """The most balanced split of ``dim`` into ``order`` factors all larger than 1, or None when there is none."""
+    if order == 1:
+        return (dim,) if dim > 1 else None
     best: tuple[int, ...] | None = None
     # Choose the smallest factor first, no larger than the order-th root, and recurse on the rest; the split whose
     # largest factor is smallest is the most balanced one.
     for first in range(2, int(round(dim ** (1.0 / order))) + 1):
         if dim % first:
             continue
-        try:
-            rest = balanced_split(dim // first, order - 1)
-        except TensorisationError:
-            continue
-        if rest[0] < first:
+        rest = _split_above_one(dim // first, order - 1)
+        if rest is None or rest[0] < first:
             continue
         candidate = (first, *rest)
         # Most balanced: the smallest largest factor, then the largest smallest factor.
         if best is None or (max(candidate), -min(candidate)) < (max(best), -min(best)):
             best = candidate
-    if best is None:
-        raise TensorisationError(
-            f"Dimension {dim} cannot be split into {order} factors larger than 1; set tensor_order=1 or give an "
-            f"explicit tensor_shape for this weight shape."
-        )
     return best
 
 

@@ -1,14 +1,18 @@
-"""Rank and parameter accounting: measured rank of dW against the theoretical bound, for TeRA and PEFT methods."""
+"""Rank and parameter accounting: measured rank of dW against the theoretical bound, for TeRA and PEFT methods;
+the shared frozen buffers every rank must agree on."""
 
 import math
+import os
+import socket
 
 import pytest
 import torch
-from peft import LoraConfig, VeraConfig, get_peft_model
+from peft import LoraConfig, RandLoraConfig, VeraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from tera import TeraConfig, adapter_report
-from tera.analysis import frozen_factor_values, numerical_rank
+from baselines.analysis import adapter_report, effective_delta, frozen_factor_values, numerical_rank, shared_buffers
+from tera import TeraConfig
 
 from .toy_models import TOY_TARGETS, ToyMLP
 
@@ -99,8 +103,6 @@ def test_report_measures_the_update_dora_and_hira_really_apply():
     x = torch.randn(3, 48)
     layer = hira.base_model.model.a
     with torch.no_grad():
-        from tera.analysis import effective_delta
-
         expected = layer.get_base_layer()(x) + x @ effective_delta(layer, "default").t()
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -123,3 +125,94 @@ def test_frozen_factor_values_counts_each_shared_tensor_once():
     vera = get_peft_model(TwoSquare(), VeraConfig(target_modules=["a", "b"], r=7))
     assert frozen_factor_values(vera) == 7 * 48 + 48 * 7
     assert frozen_factor_values(get_peft_model(TwoSquare(), LoraConfig(target_modules=["a", "b"], r=4))) == 0
+
+
+class _HalfReportingLinear(nn.Module, BaseTunerLayer):
+    """A tuner layer of a method the report knows nothing about, whose get_delta_weight returns only half of what
+    merging adds (as PEFT's DoRA and HiRA return only a factor of theirs)."""
+
+    adapter_layer_names = ("extra",)
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.extra = nn.ParameterDict(
+            {"default": nn.Parameter(torch.randn(base.out_features, 3) @ torch.randn(3, base.in_features))}
+        )
+        self._active_adapter = "default"
+        self.merged_adapters = []
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        return 0.5 * self.extra[adapter_name]
+
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        for name in adapter_names or ["default"]:
+            self.base_layer.weight.data += self.extra[name]
+            self.merged_adapters.append(name)
+
+
+def test_a_method_without_registered_facts_gets_correct_looser_numbers():
+    """No registered bound: the trivial min(d_out, d_in); no registered update: what merging applies."""
+    model = nn.Sequential(_HalfReportingLinear(nn.Linear(8, 6)))
+    (report,) = adapter_report(model)
+    assert (report.rank_bound, report.rank, report.trainable) == (6, 3, 6 * 8)
+    layer = model[0]
+    torch.testing.assert_close(effective_delta(layer, "default"), layer.extra["default"].detach())
+    assert torch.equal(layer.get_base_layer().weight, model[0].base_layer.weight)  # measured on a copy
+
+
+def test_shared_buffers_are_every_buffer_dict_entry():
+    class TwoSquare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    torch.manual_seed(0)
+    tera_names = set(shared_buffers(get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"]))))
+    assert tera_names == {f"base_model.tera_shared.o4x4_i4x4_r4x4x4x4_{k}" for k in ("core", "f0", "f1", "f2", "f3")}
+    vera_names = set(shared_buffers(get_peft_model(TwoSquare(), VeraConfig(target_modules=["a", "b"], r=4))))
+    # VeRA's and RandLoRA's layers register the model's buffer dicts as their own submodules: each tensor is listed
+    # once, under the first name that reaches it.
+    assert vera_names == {"base_model.model.a.vera_A.default", "base_model.model.a.vera_B.default"}
+    randlora = get_peft_model(TwoSquare(), RandLoraConfig(target_modules=["a", "b"], r=4))
+    assert {n.rsplit(".", 2)[-2] for n in shared_buffers(randlora)} == {"randlora_A", "randlora_B"}
+    assert shared_buffers(get_peft_model(TwoSquare(), LoraConfig(target_modules=["a", "b"], r=4))) == {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_buffers_worker(rank: int, world: int, port: int, key_of_rank_1: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from experiments import distributed
+
+    distributed.init_from_env()
+    torch.manual_seed(rank)
+    model = get_peft_model(
+        nn.Sequential(nn.Linear(16, 16)),
+        VeraConfig(target_modules=["0"], r=4, projection_prng_key=key_of_rank_1 * rank),
+    )
+    try:
+        distributed.check_same_buffers(model)
+        message = "same"
+    except RuntimeError as err:
+        message = str(err)
+    if rank == 0:
+        with open(out, "w") as handle:
+            handle.write(message)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "key_of_rank_1, expected",
+    [(0, "same"), (1, "['base_model.model.0.vera_A.default', 'base_model.model.0.vera_B.default'] differ")],
+)
+def test_ranks_compare_every_shared_buffer_not_only_teras(tmp_path, key_of_rank_1, expected):
+    """VeRA's projections drawn from different keys on two gloo ranks are caught, and named."""
+    out = tmp_path / "result.txt"
+    torch.multiprocessing.spawn(_check_buffers_worker, args=(2, _free_port(), key_of_rank_1, str(out)), nprocs=2)
+    assert expected in out.read_text()

@@ -17,6 +17,8 @@ PLANS = [
     dict(d_out=8, d_in=27, tensor_order=3, core_rank_ratio=0.67),  # order 3
     dict(d_out=10, d_in=6, tensor_order=1, core_rank_ratio=1.0),  # plain matrix core
     dict(d_out=12, d_in=20, tensor_shape={"12x20": [[2, 3, 2], [20]]}),  # unbalanced explicit split
+    dict(d_out=2, d_in=20, tensor_order=2, core_rank_ratio=1.0),  # a 20 -> 2 head: output modes (1, 2)
+    dict(d_out=7, d_in=1, tensor_order=2, core_rank_ratio=0.5),  # prime and 1: size-1 modes on both sides
 ]
 
 

@@ -1,21 +1,25 @@
-"""MoRA baseline: dW against a loop-by-loop reference of the paper's definitions, and the PEFT tuner checks."""
+"""MoRA baseline: dW against a loop-by-loop reference of the paper's definitions, its counts and rank bounds.
+
+The generic PEFT tuner contract (merging, saving, several adapters, dtypes, ...) is checked for MoRA rows in
+``test_contract.py``.
+"""
 
 import math
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
 from torch import nn
 
-from baselines.mora import Linear, MoraConfig, MoraLayer, mora_rank_bound
+from baselines.analysis import adapter_report
+from baselines.mora import MoraConfig, MoraLayer, mora_rank_bound
 from baselines.mora.layer import _rotation_tables
-from tera import adapter_report
 
-from .toy_models import TOY_TARGETS, ToyMLP, tiny_llama
+from .toy_models import TOY_TARGETS, ToyMLP
 
 X = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(1))
 
-# ---- reference: the definitions, written out with loops and nothing from baselines.mora --------------------------
+# ---- reference: the definitions, written out with loops and nothing from baselines.mora -----------------------------
 
 
 def reference_rotation(r_hat: int, block: int) -> torch.Tensor:
@@ -59,7 +63,7 @@ def test_reference_matches_the_paper_pictures():
     assert decoupled[:2, 2:].abs().sum() == 0 and decoupled[2:, :2].abs().sum() == 0
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------------
+# ---- helpers --------------------------------------------------------------------------------------------------------
 
 
 def _mora(seed=0, dtype=torch.float32, **kwargs):
@@ -83,22 +87,13 @@ def _train(model, x, steps=5, lr=5e-2):
     return model
 
 
-def _base_state(model):
-    """The base model's own weights (without adapter entries), to rebuild the same base model."""
-    return {
-        key.replace(".base_layer", ""): value
-        for key, value in model.base_model.model.state_dict().items()
-        if ".mora_" not in key
-    }
-
-
 # r = 1, 2, 3, 10 give r_hat = 5, 8, 9, 17 on 16x16 and 6, 8, 10, 20 on 24x16 / 16x24: odd sizes, sizes that divide
 # one side only or neither, and r_hat > d (a single padded chunk).
 R_HATS = {1: {"q": 5, "up": 6, "down": 6}, 2: {"q": 8, "up": 8, "down": 8}, 3: {"q": 9, "up": 10, "down": 10}}
 R_HATS[10] = {"q": 17, "up": 20, "down": 20}
 
 
-# ---- 1. dW equals the reference ---------------------------------------------------------------------------------
+# ---- 1. dW equals the reference -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mora_type", [1, 6])
@@ -115,7 +110,7 @@ def test_delta_weight_matches_reference(mora_type, r):
         torch.testing.assert_close(delta, reference_delta(matrix, d_out, d_in, mora_type), rtol=1e-12, atol=1e-12)
 
 
-# ---- 2. the fast forward and its gradients ----------------------------------------------------------------------
+# ---- 2. the fast forward and its gradients --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mora_type", [1, 6])
@@ -144,38 +139,18 @@ def test_forward_and_gradients_match_reference(mora_type, r):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mora_type", [1, 6])
-def test_half_precision_keeps_input_dtype(dtype, mora_type):
+def test_delta_weight_in_the_base_dtype(dtype, mora_type):
     _, model = _mora(dtype=dtype, mora_type=mora_type, init_weights=False)
-    out = model(X.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    out.float().sum().backward()
     q = model.base_model.model.q
     assert q.mora_M["default"].dtype == torch.float32  # PEFT keeps adapter weights in float32 (autocast)
-    assert q.get_delta_weight("default").dtype == dtype
+    delta = q.get_delta_weight("default")
+    assert delta.dtype == dtype
+    d_out, d_in = q.get_base_layer().weight.shape
+    expected = reference_delta(q.mora_M["default"].detach().double(), d_out, d_in, mora_type)
+    torch.testing.assert_close(delta.double(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
 
 
-# ---- 3. initialisation and training -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mora_type", [1, 6])
-def test_output_unchanged_at_initialisation(mora_type):
-    torch.manual_seed(0)
-    base = ToyMLP()
-    expected = base(X)
-    model = get_peft_model(base, MoraConfig(target_modules=TOY_TARGETS, mora_type=mora_type))
-    torch.testing.assert_close(model(X), expected, rtol=0, atol=0)
-    assert all(layer.get_delta_weight("default").abs().sum() == 0 for layer in _layers(model).values())
-
-
-@pytest.mark.parametrize("mora_type", [1, 6])
-def test_only_mora_matrices_change_during_training(mora_type):
-    _, model = _mora(mora_type=mora_type)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    _train(model, X)
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {f"base_model.model.{t}.mora_M.default" for t in TOY_TARGETS}
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == changed
+# ---- 3. training ----------------------------------------------------------------------------------------------------
 
 
 def test_training_after_an_inference_mode_call():
@@ -188,100 +163,37 @@ def test_training_after_an_inference_mode_call():
     assert model.base_model.model.q.mora_M["default"].grad is None  # zero_grad ran after a real backward
 
 
-# ---- 4. merging ---------------------------------------------------------------------------------------------------
+# ---- 4. saving, several adapters ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mora_type", [1, 6])
-def test_merge_unmerge_and_merge_and_unload_match_unmerged_forward(mora_type):
-    _, model = _mora(mora_type=mora_type)
-    _train(model, X)
-    with torch.no_grad():
-        expected = model(X)
-        model.merge_adapter()
-        assert all(layer.merged for layer in _layers(model).values())
-        torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-6)
-        model.unmerge_adapter()
-        torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-6)
-        model.merge_adapter(safe_merge=True)
-        torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-6)
-        model.unmerge_adapter()
-        merged = model.merge_and_unload()
-        assert not any(isinstance(m, MoraLayer) for m in merged.modules())
-        assert type(merged.q) is nn.Linear
-        torch.testing.assert_close(merged(X), expected, rtol=1e-5, atol=1e-6)
-
-
-# ---- 5. save / load, disabling, several adapters ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mora_type", [1, 6])
-def test_save_and_reload_under_another_seed(tmp_path, mora_type):
-    _, model = _mora(mora_type=mora_type)
-    _train(model, X)
-    model.eval()
-    with torch.no_grad():
-        expected = model(X)
+def test_adapter_file_holds_only_the_matrices(tmp_path):
+    _, model = _mora(r=8)
     model.save_pretrained(tmp_path)
-
-    torch.manual_seed(1234)  # nothing in MoRA is random after training: a different seed must not matter
-    fresh = ToyMLP()
-    fresh.load_state_dict(_base_state(model))
-    loaded = PeftModel.from_pretrained(fresh, tmp_path)
-    assert loaded.peft_config["default"].mora_type == mora_type
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(X), expected, rtol=0, atol=0)
-    # the file holds the three matrices (r_hat = 16, 17, 17) and nothing else
-    assert (tmp_path / "adapter_model.safetensors").stat().st_size < 4 * (16**2 + 2 * 17**2) + 1024
+    # the three matrices (r_hat = 16, 17, 17) in float32, and a small safetensors header; nothing else
+    assert (
+        4 * (16**2 + 2 * 17**2)
+        < (tmp_path / "adapter_model.safetensors").stat().st_size
+        < 4 * (16**2 + 2 * 17**2) + 1024
+    )
 
 
-def test_disable_adapter_restores_base_output():
-    _, model = _mora()
-    _train(model, X)
-    torch.manual_seed(0)
-    reference = ToyMLP()  # the same base weights as the one _mora wrapped
-    with torch.no_grad():
-        expected = reference(X)
-        with model.disable_adapter():
-            torch.testing.assert_close(model(X), expected)
-        assert not torch.allclose(model(X), expected)
-        model.merge_adapter()
-        with model.disable_adapter():  # disabling a merged adapter unmerges it
-            torch.testing.assert_close(model(X), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_two_adapters_switched_with_set_adapter_and_deleted():
-    _, model = _mora(mora_type=6)
-    _train(model, X)
+def test_two_adapters_of_different_rank_and_type():
+    _, model = _mora(mora_type=6, init_weights=False)
     model.add_adapter("other", MoraConfig(target_modules=TOY_TARGETS, r=2, mora_type=1, init_weights=False))
     q = model.base_model.model.q
-    assert set(q.mora_M) == {"default", "other"}
     assert q.mora_r_hat == {"default": 16, "other": 8} and q.mora_type == {"default": 6, "other": 1}
-    with torch.no_grad():
-        out_default = model(X)
-        model.set_adapter("other")
-        out_other = model(X)
-        assert not torch.allclose(out_default, out_other)
-        model.set_adapter("default")
-        torch.testing.assert_close(model(X), out_default)
-    # only the active adapter trains
-    assert all("default" in n for n, p in model.named_parameters() if p.requires_grad)
-
-    # both at once: the two updates add up
+    # both at once: the two updates (each of its own size and type) add up
     layer = model.base_model.model.up
     layer.set_adapter(["default", "other"])
     x = torch.randn(3, 16)
     with torch.no_grad():
         weight = layer.get_base_layer().weight + layer.get_delta_weight("default") + layer.get_delta_weight("other")
         torch.testing.assert_close(layer(x), x @ weight.t() + layer.get_base_layer().bias, rtol=1e-5, atol=1e-6)
-    layer.set_adapter("default")
-
     model.delete_adapter("other")
     assert all(set(m.mora_M) == {"default"} and set(m.mora_r_hat) == {"default"} for m in _layers(model).values())
-    with torch.no_grad():
-        torch.testing.assert_close(model(X), out_default)
 
 
-# ---- 6. parameter count ---------------------------------------------------------------------------------------------
+# ---- 5. parameter count ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("r", [1, 2, 8])
@@ -295,13 +207,7 @@ def test_parameter_count_formula(r):
     assert model.get_nb_trainable_parameters()[0] == sum(expected.values())
 
 
-def test_print_trainable_parameters(capsys):
-    _, model = _mora(r=8)  # r_hat = 16, 17, 17
-    model.print_trainable_parameters()
-    assert "trainable params: 834 " in capsys.readouterr().out  # 256 + 289 + 289
-
-
-# ---- 7. rank ---------------------------------------------------------------------------------------------------------
+# ---- 6. rank --------------------------------------------------------------------------------------------------------
 
 
 class RankProbe(nn.Module):
@@ -334,24 +240,7 @@ def test_rank_bound_formula_on_toy_shapes():
             assert report.rank == report.rank_bound == expected
 
 
-# ---- a real transformers model ----------------------------------------------------------------------------------
-
-
-def test_tiny_llama_round_trips(tmp_path):
-    torch.manual_seed(0)
-    targets = ["q_proj", "v_proj", "up_proj", "down_proj"]
-    model = get_peft_model(tiny_llama(), MoraConfig(target_modules=targets, r=4, init_weights=False))
-    assert isinstance(model.base_model.model.model.layers[0].mlp.up_proj, Linear)
-    ids = torch.randint(0, 64, (2, 9))
-    model(input_ids=ids, labels=ids).loss.backward()
-    model.save_pretrained(tmp_path)
-    torch.manual_seed(0)
-    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
-
-
-# ---- 8. errors: one clear sentence each ---------------------------------------------------------------------------
+# ---- 7. errors: one clear sentence each -----------------------------------------------------------------------------
 
 
 def test_error_target_not_linear():

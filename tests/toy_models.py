@@ -7,7 +7,8 @@ from torch import nn
 
 
 class ToyMLP(nn.Module):
-    """q: 16x16, up: 24x16, down: 16x24 (like LLaMA's q_proj, up_proj, down_proj), plus an untargeted head."""
+    """q: 16x16, up: 24x16, down: 16x24 (like LLaMA's q_proj, up_proj, down_proj), a 3x16 head (3 is prime: TeRA
+    gives it a size-1 mode) and an embedding that no method here can target."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -22,6 +23,19 @@ class ToyMLP(nn.Module):
 
 
 TOY_TARGETS = ["q", "up", "down"]
+
+
+class ToyClassifier(nn.Module):
+    """A small classifier whose head maps 20 features to 2 classes: ``target_modules="all-linear"`` includes the
+    20 -> 2 head, which no balanced split into factors larger than 1 fits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(20, 20)
+        self.head = nn.Linear(20, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.hidden(x)))
 
 
 def tiny_llama():
@@ -52,3 +66,21 @@ def tiny_roberta():
         num_labels=2,
     )
     return RobertaForSequenceClassification(config)
+
+
+def example_inputs(model: nn.Module, batch: int = 4) -> dict[str, torch.Tensor]:
+    """Keyword inputs for one forward pass of a toy model (or of a PeftModel around one), from a fixed generator."""
+    generator = torch.Generator().manual_seed(1)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if isinstance(base, ToyMLP):
+        return {"x": torch.randn(batch, 7, 16, generator=generator)}
+    if isinstance(base, ToyClassifier):
+        return {"x": torch.randn(batch, 20, generator=generator)}
+    vocab = base.config.vocab_size  # a transformers model
+    return {"input_ids": torch.randint(0, vocab, (batch // 2, 9), generator=generator)}
+
+
+def output_of(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's output tensor (the logits of a transformers model)."""
+    out = model(**inputs)
+    return out.logits if hasattr(out, "logits") else out

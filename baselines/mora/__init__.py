@@ -1,23 +1,18 @@
 """MoRA (Jiang et al. 2024, "MoRA: High-Rank Updating for Parameter-Efficient Fine-Tuning") as a PEFT tuner.
 
 Importing this package registers the ``"MORA"`` PEFT type, so ``peft.get_peft_model(model, MoraConfig(...))``,
-``save_pretrained`` and ``PeftModel.from_pretrained`` work as for PEFT's own methods, and registers MoRA's rank bound
-with :func:`tera.analysis.register_rank_bound`, so ``tera.adapter_report`` works on MoRA models.
+``save_pretrained`` and ``PeftModel.from_pretrained`` work as for PEFT's own methods (``import baselines`` does it
+too).  MoRA's rank bound joins the cross-method report in ``baselines.analysis``.
 """
 
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from tera.tuners_utils import register_tuner
 
-from tera.analysis import register_rank_bound
-
-from .config import MORA_TYPES, PEFT_TYPE, MoraConfig
+from .config import MORA_TYPES, PEFT_TYPE, MoraConfig, MoraPeftType
 from .layer import Linear, MoraLayer, mora_blocks, mora_delta, mora_delta_weight, mora_r_hat, mora_rank_bound
 from .model import MoraModel
 
 # Out-of-tree registration, as for TeRA: peft's register_peft_method only accepts names in its PeftType enum.
-PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] = MoraConfig
-PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] = MoraModel
-PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] = MoraModel.prefix
-register_rank_bound(MoraLayer, mora_rank_bound)
+register_tuner(PEFT_TYPE, MoraConfig, MoraModel)
 
 __all__ = [
     "MORA_TYPES",
@@ -26,6 +21,7 @@ __all__ = [
     "MoraConfig",
     "MoraLayer",
     "MoraModel",
+    "MoraPeftType",
     "mora_blocks",
     "mora_delta",
     "mora_delta_weight",

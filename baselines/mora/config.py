@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
-PEFT_TYPE = "MORA"
+
+class MoraPeftType(str, enum.Enum):
+    """MoRA's PEFT type: a str enum member like PEFT's own ``PeftType`` ones (``.value``, equal to ``"MORA"``)."""
+
+    MORA = "MORA"
+
+
+PEFT_TYPE = MoraPeftType.MORA
 MORA_TYPES = (1, 6)
 
 
@@ -75,5 +83,5 @@ class MoraConfig(PeftConfig):
             raise ValueError(f"mora_type must be one of {MORA_TYPES}, got {self.mora_type!r}.")
         if not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r must be an integer of at least 1, got {self.r!r}.")
-        if self.layers_pattern and not self.layers_to_transform:
+        if self.layers_pattern and self.layers_to_transform is None:  # 0 is a layer index, not a missing value
             raise ValueError("When `layers_pattern` is specified, `layers_to_transform` must also be specified.")

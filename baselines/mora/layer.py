@@ -10,7 +10,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from tera.layer import MergeByDeltaWeight
+from tera.tuners_utils import MergeByDeltaWeight
 
 from .config import MoraConfig
 

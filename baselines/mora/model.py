@@ -8,7 +8,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
-from tera.layer import linear_base
+from tera.tuners_utils import linear_base
 
 from .config import MoraConfig
 from .layer import Linear, MoraLayer
