@@ -367,7 +367,8 @@ def test_tiny_llama_trains_and_evaluates_end_to_end(tmp_path, method):
         f"output_dir={tmp_path / 'runs'}",
     )
     record, path = pipeline.run_experiment(cfg)
-    assert json.loads(path.read_text())["complete"] and path.name == f"{method}-commonsense-boolq-tiny-llama-s0.json"
+    assert json.loads(path.read_text())["complete"]
+    assert path.name == f"{method}-commonsense-boolq-tiny-llama-s0-{record['run_id']}.json"
     metrics = record["final_metrics"]
     assert {"test_boolq_lmeval_acc", "test_boolq_lmeval_acc_norm", "test_boolq_llmadapters_gen_acc"} <= set(metrics)
     assert record["evaluated_examples"] == {"boolq": 4} and record["steps"] == 4

@@ -214,10 +214,13 @@ def test_cli_errors_are_one_sentence_with_nonzero_exit(tmp_path):
     assert proc.returncode == 2 and last_error(proc) == (
         "error: task.data_files.train points at '/nonexistent.csv', which does not exist."
     )
-    # an impossible combination: a 32-wide model cannot be folded into 6 factors per side
-    proc = cli("model=tiny", "logger=none", f"output_dir={tmp_path}", "method.peft.tensor_order=6")
-    assert proc.returncode == 2
-    assert last_error(proc).startswith("error: Dimension 32 cannot be split into 6 factors")
+    # found once the model is loaded, still before training: targets that name no layer of the model
+    proc = cli("model=tiny", "logger=none", f"output_dir={tmp_path}", "method.target_modules=[q_proj]")
+    assert proc.returncode == 2 and last_error(proc) == (
+        "error: Target module(s) ['q_proj'] match nothing in BertForSequenceClassification; its linear layers are "
+        "named ['classifier', 'dense', 'key', 'query', 'value'] (set method.target_modules)."
+    )
+    assert list(tmp_path.glob("*.json")) == []
 
 
 def test_unknown_method_options():
