@@ -12,6 +12,7 @@ python -m experiments.tables results/runs/decoder-smollm2-tera-lr --out /tmp/lr 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -346,15 +347,22 @@ def setting_labels(records: list[dict[str, Any]]) -> dict[str, str]:
     """For records of one (model, task, method) made with different settings: per settings id, the config values
     that tell them apart (``lr=0.0004``), or the data fingerprint where only the data differs."""
     by_settings = {settings_of(r): r for r in records}
-    flats = {sid: _flat(r.get("config") or {}) for sid, r in by_settings.items()}
+    flats = {
+        sid: _flat(r.get("config") or {}) | {"data": short_hash(json.dumps(r.get("data_fingerprint"), sort_keys=True))}
+        for sid, r in by_settings.items()
+    }
     keys = sorted({k for flat in flats.values() for k in flat} - IGNORED_KEYS)
     differing = [k for k in keys if len({repr(flat.get(k)) for flat in flats.values()}) > 1]
     differing = [k for k in differing if not k.startswith(("logger.", "train.checkpoint"))]
-    labels = {}
-    for sid, flat in flats.items():
-        shown = [f"{k.split('.')[-1]}={flat.get(k)}" for k in differing[:3]]
-        labels[sid] = ", ".join(shown) if shown else f"data {sid}"
-    return labels
+    labels = {sid: ", ".join(f"{k.split('.')[-1]}={flat.get(k)}" for k in differing[:3]) for sid, flat in flats.items()}
+    # Settings that differ only beyond the keys shown must still never share a row: their ids tell them apart.
+    shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+    return {
+        sid: (f"{label}, settings {sid}" if label else f"settings {sid}").removeprefix(", ")
+        if label in shared
+        else label
+        for sid, label in labels.items()
+    }
 
 
 def _metric_choice(records: list[dict[str, Any]], metric: str | None, folder: Path) -> str:
@@ -365,7 +373,8 @@ def _metric_choice(records: list[dict[str, Any]], metric: str | None, folder: Pa
                 f"No record under {folder} has the metric {metric!r}; choose one of: {', '.join(available)}."
             )
         return metric
-    mains = {config_value(r, "task.main_metric") for r in records}
+    # A task whose metrics follow its data (custom/classification) records the main metric it used.
+    mains = {config_value(r, "task.main_metric") or r.get("main_metric") for r in records}
     if len(mains) == 1 and None not in mains and f"test_{next(iter(mains))}" in available:
         return f"test_{next(iter(mains))}"
     raise TableError(
@@ -402,7 +411,16 @@ def write_table(
     runs.sort(key=lambda run: tuple(run[k] for k in keys))
     columns = [Column(label=metric, metric=metric)]
     rows = summarise(run_frame(runs, columns), keys, columns)
-    markdown, frame = render_rows(rows, keys, columns, title, records, notes=found.notes())
+    notes = found.notes()
+    as_test = {
+        r["task"]: r.get("test_is_validation_reason") or "test labels are hidden"
+        for r in records
+        if r.get("test_is_validation")
+    }
+    if as_test and metric.startswith("test_"):  # a reader must not take a validation figure for a test figure
+        shown = ", ".join(f"{task} ({why})" for task, why in sorted(as_test.items()))
+        notes.append(f"Test figures that are the validation split's: {shown}.")
+    markdown, frame = render_rows(rows, keys, columns, title, records, notes=notes)
     write(out, markdown, frame)
     return rows
 

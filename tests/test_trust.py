@@ -286,3 +286,15 @@ def test_records_read_back_as_written(tmp_path):
         str(Path(cfg.task.data_files.train)): record["data_fingerprint"][str(Path(cfg.task.data_files.train))]
     }
     assert next(iter(record["data_fingerprint"].values())).startswith("sha256:")
+
+
+def test_the_same_settings_on_other_data_are_other_rows(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, (digest, accuracy) in enumerate([("sha256:aaa", 0.6), ("sha256:bbb", 0.9)]):
+        record = _record("tera", 0, accuracy, data_fingerprint={"train.csv": digest})
+        record["settings_id"] = f"s{i}"  # what the pipeline writes: the data is part of the settings
+        (runs / f"{i}.json").write_text(json.dumps(record))
+    rows = write_table(runs, tmp_path / "table", "T")
+    assert len(rows) == 2 and sorted(r["test_accuracy"][0] for r in rows) == [0.6, 0.9]
+    assert all(r["method"].startswith("tera [data=") for r in rows)
