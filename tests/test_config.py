@@ -17,6 +17,7 @@ from experiments.training import train
 
 from .helpers import cli as run_cli
 from .helpers import compose, last_error
+from .toy_models import Regressor
 
 
 def _preflight_error(capsys, *argv: str) -> str:
@@ -165,15 +166,6 @@ def test_without_steps_or_epochs_the_default_steps():
 # ---------------------------------------------------------------- the loop: fp16 scaling, DDP sync, loss reads
 
 
-class _Regressor(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 1)
-
-    def forward(self, x, labels):
-        return type("Output", (), {"loss": torch.nn.functional.mse_loss(self.linear(x).squeeze(-1), labels)})()
-
-
 def _loop(model, steps: int, **options):
     torch.manual_seed(0)
     x, y = torch.randn(64, 4), torch.randn(64)
@@ -200,19 +192,19 @@ def test_fp16_trains_through_a_gradient_scaler(monkeypatch):
         torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(self.is_enabled()) or real(self, loss)
     )
     torch.manual_seed(0)
-    result = _loop(_Regressor(), 4, precision="fp16", max_grad_norm=1.0)
+    result = _loop(Regressor(), 4, precision="fp16", max_grad_norm=1.0)
     assert all(math.isfinite(v) for v in result.losses) and len(result.losses) == 4
     assert scaled and all(scaled)  # fp16: every backward went through an enabled scaler
     scaled.clear()
-    _loop(_Regressor(), 2, precision="fp32")
+    _loop(Regressor(), 2, precision="fp32")
     assert scaled and not any(scaled)
 
 
 def test_losses_are_read_once_per_step_and_match_the_micro_batches():
     torch.manual_seed(0)
-    accumulated = _loop(_Regressor(), 3, grad_accum=2, log_every=100)
+    accumulated = _loop(Regressor(), 3, grad_accum=2, log_every=100)
     torch.manual_seed(0)
-    single = _loop(_Regressor(), 3, grad_accum=1, log_every=1)
+    single = _loop(Regressor(), 3, grad_accum=1, log_every=1)
     assert len(accumulated.losses) == 3  # one value per optimizer step, read in one go at the end
     # The same batch twice at half weight each is the same loss and gradient as the batch once.
     assert accumulated.losses == pytest.approx(single.losses, rel=1e-5)

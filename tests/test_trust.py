@@ -21,6 +21,7 @@ from experiments.tables import read_records, write_table
 from experiments.training import train
 
 from .helpers import compose
+from .toy_models import Regressor
 
 
 def _csv(path: Path, rows: list[tuple], header=("text", "label")) -> str:
@@ -59,18 +60,9 @@ def test_a_diverging_run_stops_at_once_and_leaves_a_failed_record(tmp_path):
     assert read_records(tmp_path / "runs").records == []  # and no table counts it
 
 
-class _Regressor(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 1)
-
-    def forward(self, x, labels):
-        return type("Output", (), {"loss": torch.nn.functional.mse_loss(self.linear(x).squeeze(-1), labels)})()
-
-
 def test_a_non_finite_trainable_value_stops_training_at_that_step():
     torch.manual_seed(0)
-    model, x, y = _Regressor(), torch.randn(8, 4), torch.randn(8)
+    model, x, y = Regressor(), torch.randn(8, 4), torch.randn(8)
     with pytest.raises(RunFailed, match="Training stopped at step 1 of 5: a trainable value is not finite"):
         train(
             model,
