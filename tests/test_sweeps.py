@@ -5,19 +5,18 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from baselines import apply_method
 from experiments import pipeline
 from experiments.checkpoints import Checkpointer
 from experiments.models import tiny_classifier
 from experiments.training import encode, labels_of, parameter_groups, shuffled_batches, train
+
+from .helpers import cli, compose
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -171,9 +170,8 @@ def _tweets_csv(folder: Path) -> str:
     return str(path)
 
 
-def _cli(*args, cwd=ROOT):
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, env=env)
+def _cli(*args):
+    return cli(*args, HYDRA_FULL_ERROR="1")
 
 
 def _common(tmp_path, data: str):
@@ -205,14 +203,9 @@ def test_one_record_per_distinct_run_finished_ones_skipped(tmp_path):
     assert not list((tmp_path / "runs" / ".checkpoints").glob("*.pt"))  # removed once each record was written
 
 
-def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 def test_a_killed_run_writes_no_record_and_the_next_launch_resumes(tmp_path, monkeypatch, capsys):
     data = _tweets_csv(tmp_path)
-    cfg = _compose(*_common(tmp_path / "runs", data), "train.max_steps=6", "train.checkpoint_every=2")
+    cfg = compose(*_common(tmp_path / "runs", data), "train.max_steps=6", "train.checkpoint_every=2")
     real_train = pipeline.train
 
     def preempted(*args, **kwargs):
@@ -307,10 +300,9 @@ def test_two_gloo_processes_give_the_lambdas_of_one_process_with_the_same_global
         torch.testing.assert_close(saved["accumulated"][name], value, rtol=1e-4, atol=1e-5)
 
 
-def test_slurm_launcher_options_compose():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab"]
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+def test_slurm_launcher_optionscompose():
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=lab"]
+    cfg = compose(*overrides, return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.account == "lab"
     assert launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0 and launcher.array_parallelism == 16
