@@ -18,7 +18,6 @@ from experiments.training import encode, labels_of, parameter_groups, shuffled_b
 
 from .helpers import cli, compose
 
-ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [
     ("a wonderful, moving film", 1),
     ("dull and far too long", 0),
