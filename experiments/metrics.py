@@ -14,8 +14,17 @@ def accuracy(predictions: Sequence, labels: Sequence) -> float:
 
 
 def f1(predictions: Sequence, labels: Sequence) -> float:
-    """F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
-    return float(f1_score(labels, predictions, zero_division=0))
+    """F1 of the positive class (label 1) of a binary task, as GLUE reports for MRPC and QQP."""
+    classes = sorted(set(labels) | set(predictions))
+    if not set(classes) <= {0, 1}:
+        raise ValueError(f"f1 is the F1 of class 1 of a binary task, but the classes are {classes}; use macro_f1.")
+    return float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0))
+
+
+def macro_f1(predictions: Sequence, labels: Sequence) -> float:
+    """The unweighted mean of the per-class F1 over the classes that occur in the labels or the predictions, so a
+    rare class counts as much as a frequent one; any number of classes."""
+    return float(f1_score(labels, predictions, average="macro", zero_division=0))
 
 
 def matthews(predictions: Sequence, labels: Sequence) -> float:
@@ -33,6 +42,7 @@ def spearman(predictions: Sequence, labels: Sequence) -> float:
 METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
     "accuracy": accuracy,
     "f1": f1,
+    "macro_f1": macro_f1,
     "matthews": matthews,
     "pearson": pearson,
     "spearman": spearman,

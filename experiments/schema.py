@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError, IncompatibleChoice
 
-Metric = Literal["accuracy", "f1", "matthews", "pearson", "spearman"]
+Metric = Literal["accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman"]
 FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
@@ -86,14 +86,17 @@ class ClassificationTaskSettings(_Section):
     loader: str | None = None  # dotted path of the default source (hub GLUE, the offline tweets); data_files win
     hub_path: str | None = None
     hub_name: str | None = None
-    text_fields: list[str] = Field(min_length=1, max_length=2)
+    # None: ``text``, else ``sentence1`` and ``sentence2``, whichever the data has (custom/classification)
+    text_fields: list[str] | None = Field(None, min_length=1, max_length=2)
     label_field: str = "label"
-    num_labels: int = Field(ge=1)
-    metrics: list[Metric] = Field(min_length=1)
-    main_metric: Metric
+    num_labels: int | None = Field(None, ge=1)  # None: from the data; 1: regression
+    string_labels: bool = False  # string labels map to class indices in sorted order (else they are refused)
+    metrics: list[Metric] | None = Field(None, min_length=1)  # None: chosen by the data (experiments/tasks)
+    main_metric: Metric | None = None  # None: the first metric
     epochs: float | None = Field(None, gt=0)
     max_length: int | None = Field(None, ge=8)
     validation_split: str = "validation"
+    validation_share: float | None = Field(None, gt=0, lt=1)  # carve this share of train when there is no validation
     test_split: str | None = None
     data_files: dict[str, str] | None = None
     split_seed: int = 0
@@ -107,14 +110,25 @@ class ClassificationTaskSettings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassificationTaskSettings:
-        if self.main_metric not in self.metrics:
+        if self.metrics is not None and self.main_metric is not None and self.main_metric not in self.metrics:
             raise ValueError(f"task.main_metric {self.main_metric!r} must be one of task.metrics {self.metrics}")
         if self.data_files is None and self.loader is None:
-            raise ValueError("the task needs task.loader (its default source) or task.data_files (local files)")
+            raise ValueError(
+                f"task {self.suite}/{self.name} reads your own files: set task.data_files={{train: ..., "
+                f"validation: ..., test: ...}} (validation and test optional)"
+                if self.validation_share is not None
+                else "the task needs task.loader (its default source) or task.data_files (local files)"
+            )
         if self.data_files is not None:
             splits = ["train", self.validation_split, *([self.test_split] if self.test_split else [])]
+            # A test file is optional (the validation split is reported, and marked); so is a validation file where
+            # the task carves one.
+            required = ["train", *([self.validation_split] if self.validation_share is None else [])]
             hint = "" if self.test_split else " (set task.test_split=test to report a test file)"
-            _check_data_files(self.data_files, allowed=splits, required=splits, hint=hint)
+            carve = (
+                ", or carve one from train with ++task.validation_share=0.1" if self.validation_share is None else ""
+            )
+            _check_data_files(self.data_files, allowed=splits, required=required, hint=hint, missing_hint=carve)
         return self
 
 
@@ -130,10 +144,18 @@ class CausalTaskSettings(_Section):
     offline_fallback: bool = True
     prefer_offline_gsm8k: bool = True
     bigbench_eval_fraction: float = Field(0.2, gt=0, lt=1)
+    # custom/choice and custom/math: the field names of one's own rows, and the share of train carved off for
+    # evaluation when neither a validation nor a test file is given
+    question_field: str = "question"
+    context_field: str = "context"
+    choices_field: str = "choices"
+    answer_field: str = "answer"
+    solution_field: str = "solution"
+    validation_share: float = Field(0.1, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _known_sources(self) -> CausalTaskSettings:
-        from .causal.tasks import SOURCES
+        from .causal.tasks import CUSTOM_SOURCES, SOURCES
 
         for key, names in (("train_on", self.train_on), ("evaluate_on", self.evaluate_on)):
             unknown = [n for n in names if n not in SOURCES]
@@ -142,7 +164,20 @@ class CausalTaskSettings(_Section):
         no_eval = [n for n in self.evaluate_on if SOURCES[n].kind == "instruct"]
         if no_eval:
             raise ValueError(f"task.evaluate_on takes choice or math tasks; {no_eval} have no evaluation split")
-        if self.data_files is not None:
+        custom = [n for n in [*self.train_on, *self.evaluate_on] if n in CUSTOM_SOURCES]
+        if custom:
+            if not (self.train_on == self.evaluate_on == [custom[0]]):
+                raise ValueError(
+                    f"{custom[0]} reads one's own train, validation and test files: use it alone, as "
+                    f"task.train_on=[{custom[0]}] and task.evaluate_on=[{custom[0]}]"
+                )
+            if not self.data_files:
+                raise ValueError(
+                    f"task {self.suite}/{self.name} reads your own files: set task.data_files={{train: ..., "
+                    f"validation: ..., test: ...}} (validation and test optional)"
+                )
+            _check_data_files(self.data_files, allowed=["train", "validation", "test"], required=["train"])
+        elif self.data_files is not None:
             allowed = ["train", *self.evaluate_on, *(["test"] if len(self.evaluate_on) == 1 else [])]
             _check_data_files(self.data_files, allowed=allowed, required=[])
         return self
@@ -207,13 +242,15 @@ def _import_dotted(path: str) -> Any:
         raise ValueError(f"{path!r} is not an importable function") from err
 
 
-def _check_data_files(files: Mapping[str, str], allowed: list[str], required: list[str], hint: str = "") -> None:
+def _check_data_files(
+    files: Mapping[str, str], allowed: list[str], required: list[str], hint: str = "", missing_hint: str = ""
+) -> None:
     unknown = sorted(set(files) - set(allowed))
     if unknown:
         raise ValueError(f"task.data_files has key(s) {unknown} that this task does not read; it reads {allowed}{hint}")
     missing_keys = [key for key in required if key not in files]
     if missing_keys:
-        raise ValueError(f"task.data_files must name {missing_keys}")
+        raise ValueError(f"task.data_files must name {missing_keys}{missing_hint}")
     for key, path in files.items():
         suffix = Path(path).suffix.lower()
         if suffix not in FILE_SUFFIXES:

@@ -21,7 +21,8 @@ def summarise(record: dict[str, Any], path: Path) -> str:
         f"{k.removeprefix('validation_')} {_value(v)}" for k, v in metrics.items() if k.startswith("validation_")
     )
     test = ", ".join(f"{k.removeprefix('test_')} {_value(v)}" for k, v in metrics.items() if k.startswith("test_"))
-    test_note = " (the validation split: test labels are hidden)" if record["test_is_validation"] else ""
+    reason = record.get("test_is_validation_reason") or "test labels are hidden"
+    test_note = f" (the validation split: {reason})" if record["test_is_validation"] else ""
     lines = [f"validation   {validation}", f"test         {test}{test_note}"]
     return "\n".join([*_head(record, rank_line), *lines, *_tail(record, path)])
 
@@ -52,11 +53,18 @@ def _decoder_lines(record: dict[str, Any]) -> list[str]:
         *record["evaluated_examples"],
         *(["average"] if any(k.startswith("test_average_") for k in metrics) else []),
     ]
+    if record.get("test_is_validation"):
+        lines[0] += f"; the test figures are the validation split's ({record.get('test_is_validation_reason')})"
     for task in tasks:
-        prefix = f"test_{task}_"
-        values = ", ".join(f"{k.removeprefix(prefix)} {_value(v)}" for k, v in metrics.items() if k.startswith(prefix))
-        count = record["evaluated_examples"].get(task)
-        lines.append(f"  {task:<12} {values}" + (f"  (n={count})" if count else ""))
+        for split in ("validation", "test"):  # validation only where a custom task had both files
+            prefix = f"{split}_{task}_"
+            values = ", ".join(
+                f"{k.removeprefix(prefix)} {_value(v)}" for k, v in metrics.items() if k.startswith(prefix)
+            )
+            if split == "test" or values:
+                count = record["evaluated_examples"].get(task) if split == "test" else None
+                name = task if split == "test" else f"{task} (validation)"
+                lines.append(f"  {name:<12} {values}" + (f"  (n={count})" if count else ""))
     stand_ins = [f"{part}: {where}" for part, where in record["data_provenance"].items() if "STAND-IN" in where]
     return lines + [f"data         {line}" for line in stand_ins]
 
@@ -65,6 +73,7 @@ def _tail(record: dict[str, Any], path: Path) -> list[str]:
     budget = record.get("budget")
     notes = [f"{key} is n/a: {why}" for key, why in (record.get("metric_notes") or {}).items()]
     return [
+        *[f"data         {line}" for line in record.get("data_notes") or []],  # e.g. a carved validation split
         *[f"warning      {line}" for line in [*(record.get("warnings") or []), *notes]],
         *([f"budget       {budget['note']}"] if budget else []),
         f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "

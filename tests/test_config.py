@@ -113,7 +113,9 @@ def test_a_task_of_ones_own_through_config_dir_and_searchpath(tmp_path, capsys):
     assert capsys.readouterr().err == ""
     broken = _user_task_dir(tmp_path / "broken", metric="auc")
     message = _preflight_error(capsys, "--config-dir", str(broken), "task=mine/topics", "model=tiny")
-    assert message.startswith("task.metrics.0 should be 'accuracy', 'f1', 'matthews', 'pearson' or 'spearman'")
+    assert message.startswith(
+        "task.metrics.0 should be 'accuracy', 'f1', 'macro_f1', 'matthews', 'pearson' or 'spearman'"
+    )
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from baselines import METHODS, UnknownMethod, make_peft_config
 from experiments import pipeline
+from experiments.errors import ConfigError
 from experiments.schema import validate
 
 from .helpers import cli, last_error, options
@@ -19,7 +20,7 @@ ALL_METHODS = options("method")
 
 
 MODELS = options("model")
-DECODER_TASKS = [t for t in TASKS if t.startswith(("commonsense/", "math/"))]
+DECODER_TASKS = [t for t in TASKS if t.startswith(("commonsense/", "math/")) or t in ("custom/choice", "custom/math")]
 
 
 def _model_for(task: str) -> str:
@@ -31,9 +32,16 @@ def test_the_method_group_is_the_registry():
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_passes_the_schema(task):
-    """Every task on disk composes with a model of its kind and passes the schema (each method below)."""
-    cfg = _compose(f"task={task}", f"model={_model_for(task)}")
+def test_every_task_passes_the_schema(task, tmp_path):
+    """Every task on disk composes with a model of its kind and passes the schema (each method below); the custom
+    tasks read one's own files and are refused without them."""
+    overrides = [f"task={task}", f"model={_model_for(task)}"]
+    if task.startswith("custom/"):
+        with pytest.raises(ConfigError, match=rf"^task {task} reads your own files: set task.data_files="):
+            validate(_compose(*overrides))
+        (tmp_path / "train.jsonl").write_text("{}\n")
+        overrides.append(f"task.data_files={{train: {tmp_path / 'train.jsonl'}}}")
+    cfg = _compose(*overrides)
     settings = validate(cfg)
     assert settings.family == ("causal" if task in DECODER_TASKS else "classification")
     assert (

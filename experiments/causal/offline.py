@@ -22,7 +22,15 @@ from .models import cache_root
 BIGBENCH_VERSION = "1.0.0"
 # Offline stand-ins for the commonsense suite (Social-IQa subset, StrategyQA for BoolQ, WinoWhy) and other
 # BIG-bench tasks that DESIGN lists as useful; all are extracted at once so the archive is fetched only once.
-BIGBENCH_TASKS = ("social_iqa", "strategyqa", "winowhy", "mathqa", "vitaminc_fact_verification", "multiemo")
+BIGBENCH_TASKS = (
+    "social_iqa",
+    "strategyqa",
+    "winowhy",
+    "mathqa",
+    "vitaminc_fact_verification",
+    "multiemo",
+    "intent_recognition",  # 7-class utterance intents (SNIPS): the "Your own data" demo (experiments/examples)
+)
 
 
 def gsm8k_test_file() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
@@ -37,15 +38,15 @@ def evaluate_all(model, tokenizer, data: DecoderData, eval_cfg, folder: Path) ->
     return metrics, samples
 
 
-def flatten(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+def flatten(metrics: dict[str, dict[str, float]], split: str = "test") -> dict[str, float]:
     """``test_<task>_<metric>``, plus ``test_average_<metric>`` over tasks when more than one is evaluated."""
-    flat = {f"test_{task}_{k}": v for task, row in metrics.items() for k, v in row.items() if k != "n"}
+    flat = {f"{split}_{task}_{k}": v for task, row in metrics.items() for k, v in row.items() if k != "n"}
     if len(metrics) > 1:
         keys = sorted({k for row in metrics.values() for k in row if k != "n"})
         for key in keys:
             values = [row[key] for row in metrics.values() if key in row]
             if len(values) == len(metrics):
-                flat[f"test_average_{key}"] = statistics.fmean(values)
+                flat[f"{split}_average_{key}"] = statistics.fmean(values)
     return flat
 
 
@@ -91,13 +92,21 @@ class CausalFamily(Family):
         model.config.use_cache = True
         with tempfile.TemporaryDirectory(prefix="lm-eval-tasks-") as folder:
             per_task, samples = evaluate_all(model, tokenizer, data, self.cfg.eval, Path(folder))
+        point: dict[str, Any] = {"step": steps, "test": per_task}
+        final = flatten(per_task)
+        if data.validation:  # a custom task given both a validation and a test file: both are reported
+            with tempfile.TemporaryDirectory(prefix="lm-eval-tasks-") as folder:
+                only = dataclasses.replace(data, evaluation=data.validation)
+                point["validation"], _ = evaluate_all(model, tokenizer, only, self.cfg.eval, Path(folder))
+            final = {**flatten(point["validation"], "validation"), **final}
         return Evaluation(
-            evaluations=[{"step": steps, "test": per_task}],
-            final_metrics=flatten(per_task),
+            evaluations=[point],
+            final_metrics=final,
             fields={
                 "evaluated_examples": {name: row.get("n") for name, row in per_task.items()},
                 "eval_protocol": self.cfg.eval.protocol,
-                "test_is_validation": False,
+                "test_is_validation": data.test_is_validation,
+                "test_is_validation_reason": data.test_is_validation_reason,
                 "learning_rate": self.learning_rate(),
                 "generations": {name: rows[:20] for name, rows in samples.items()},  # a few, to see what it wrote
             },
@@ -105,4 +114,10 @@ class CausalFamily(Family):
 
     def data_fields(self, data: DecoderData) -> dict[str, Any]:
         sizes = {"train": len(data.train), **{f"eval_{k}": len(v) for k, v in data.evaluation.items()}}
-        return {"data_sizes": sizes, "data_provenance": data.provenance}
+        sizes |= {f"validation_{k}": len(v) for k, v in data.validation.items()}
+        return {
+            "data_sizes": sizes,
+            "data_provenance": data.provenance,
+            "validation_carved": data.validation_carved,
+            "data_notes": data.notes,
+        }

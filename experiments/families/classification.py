@@ -23,7 +23,10 @@ class ClassificationFamily(Family):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.modules_to_save = tuple(cfg.model.get("head_modules") or ())
-        self.regression = int(cfg.task.num_labels) == 1
+        # Regression is asked for (task.num_labels=1), never inferred: float labels of a classification task are a
+        # mistake that load_task names.
+        self.regression = cfg.task.get("num_labels") == 1
+        self.data: TaskData | None = None  # the class count, label map and metrics come with the data
 
     def data_sources(self) -> list[str | Path]:
         return task_sources(self.cfg.task)
@@ -32,13 +35,16 @@ class ClassificationFamily(Family):
         data = load_task(self.cfg.task, seed=self.cfg.seed)
         limit = self.cfg.train.max_eval_examples
         if limit:
-            test_is_validation = data.test_is_validation
             data.validation = data.validation[:limit]
-            data.test = data.validation if test_is_validation else data.test[:limit]
+            data.test = data.validation if data.test_is_validation else data.test[:limit]
+        self.data = data
         return data
 
+    def _num_labels(self) -> int:
+        return self.data.num_labels if self.data is not None else int(self.cfg.task.num_labels)
+
     def load_model(self, device: torch.device) -> tuple[nn.Module, Any]:
-        return load_model(self.cfg.model, num_labels=int(self.cfg.task.num_labels), seed=self.cfg.seed, device=device)
+        return load_model(self.cfg.model, num_labels=self._num_labels(), seed=self.cfg.seed, device=device)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         # Full fine-tuning trains the head at the body's rate; adapters give the fresh head its own rate.
@@ -62,7 +68,7 @@ class ClassificationFamily(Family):
             model,
             tokenizer,
             examples,
-            metrics=list(self.cfg.task.metrics),
+            metrics=list(self.data.metrics if self.data is not None else self.cfg.task.metrics),
             max_length=self.cfg.train.max_length,
             batch_size=self.cfg.train.eval_batch_size,
             regression=self.regression,
@@ -87,7 +93,10 @@ class ClassificationFamily(Family):
                 **{f"validation_{k}": v for k, v in validation.items()},
                 **{f"test_{k}": v for k, v in test.items()},
             },
-            fields={"test_is_validation": data.test_is_validation},
+            fields={
+                "test_is_validation": data.test_is_validation,
+                "test_is_validation_reason": data.test_is_validation_reason,
+            },
         )
 
     def data_warnings(self, data: TaskData) -> list[str]:
@@ -95,11 +104,22 @@ class ClassificationFamily(Family):
         # model learns the prior); but its accuracy says nothing about the method, and the reader must know that.
         classes = {e["label"] for e in data.train}
         if not self.regression and len(classes) == 1:
+            label = next(iter(classes))
+            names = {index: name for name, index in (data.label_map or {}).items()}
             return [
-                f"the training set has one class only (label {next(iter(classes))!r} in all {len(data.train)} "
-                f"examples): the model can only learn to predict it"
+                f"the training set has one class only (label {names.get(label, label)!r} in all {len(data.train)} "
+                f"examples): the model can only learn to predict it",
+                *data.warnings,
             ]
-        return []
+        return list(data.warnings)
 
     def data_fields(self, data: TaskData) -> dict[str, Any]:
-        return {"data_sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}}
+        return {
+            "data_sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+            "num_labels": data.num_labels,
+            "label_map": data.label_map,  # string label -> class index (sorted); None for integer labels
+            "metrics": data.metrics,
+            "main_metric": data.main_metric,
+            "validation_carved": data.validation_carved,
+            "data_notes": data.notes,
+        }
