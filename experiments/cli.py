@@ -102,6 +102,9 @@ def _config_sentence(err: BaseException, hydra) -> str:
         options = _group_options(hydra.config_loader, group)
         if options:
             return f"{first.rstrip('.')}; choose one of {group}: {', '.join(options)}."
+    hint = next((line for line in lines[1:] if line.startswith("To append to your config use")), None)
+    if hint:  # a key the chosen option does not have: say how to add one, and that it may be a typo
+        return f"{first.rstrip('.')}: the chosen config has no such key (a typo?); {hint[0].lower()}{hint[1:]}."
     return _one_line(first)
 
 

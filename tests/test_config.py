@@ -226,3 +226,10 @@ def test_gradients_are_all_reduced_on_the_last_micro_batch_only():
     assert entered == ["no_sync"] * 3
     with distributed.sync_gradients(torch.nn.Linear(1, 1), sync=False):  # not DDP: nothing to skip
         pass
+
+
+def test_a_key_the_chosen_option_does_not_have(capsys):
+    assert _preflight_error(capsys, "logger=none", "logger.mode=offline") == (
+        "Could not override 'logger.mode': the chosen config has no such key (a typo?); to append to your config use "
+        "+logger.mode=offline."
+    )
