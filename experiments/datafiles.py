@@ -22,7 +22,7 @@ from typing import Any
 from .errors import DataUnavailable
 
 Row = dict[str, Any]
-BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # the local file formats every task reads
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 csv.field_size_limit(2**31 - 1)  # a long document is one cell, not an error (the default limit is 128 KiB)
@@ -59,7 +59,7 @@ def read_local(path: str | Path) -> Rows:
     """Every row of one local file, in file order; a file that is not what its suffix says is one sentence."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in BUILDERS:
+    if suffix not in SUFFIXES:
         raise DataUnavailable(f"{path} must be a CSV, TSV, JSON, JSONL or Parquet file.")
     if not path.is_file():
         raise DataUnavailable(f"The data file {path} does not exist.")

@@ -72,21 +72,12 @@ def resolved(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def run_id(cfg: DictConfig | dict[str, Any], data: dict[str, str]) -> str:
-    return short_hash(run_signature(resolved(cfg), data))
+def record_path(cfg: DictConfig, run_id: str) -> Path:
+    return Path(cfg.output_dir) / f"{cfg.run_name}-{run_id}.json"
 
 
-def settings_id(cfg: DictConfig | dict[str, Any], data: dict[str, str] | None) -> str:
-    """The same for every seed of one setting: what a table groups seeds by."""
-    return short_hash(run_signature(resolved(cfg), data, with_seed=False))
-
-
-def record_path(cfg: DictConfig, data: dict[str, str]) -> Path:
-    return Path(cfg.output_dir) / f"{cfg.run_name}-{run_id(cfg, data)}.json"
-
-
-def checkpoint_path(cfg: DictConfig, data: dict[str, str]) -> Path:
-    return Path(cfg.output_dir) / ".checkpoints" / f"{cfg.run_name}-{run_id(cfg, data)}.pt"
+def checkpoint_path(cfg: DictConfig, run_id: str) -> Path:
+    return Path(cfg.output_dir) / ".checkpoints" / f"{cfg.run_name}-{run_id}.pt"
 
 
 def read_record(path: Path) -> dict[str, Any] | None:

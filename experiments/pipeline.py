@@ -57,9 +57,11 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     validate(cfg)
     family = family_for(cfg)
     data = identity.data_fingerprint(family.data_sources())
-    signature = identity.run_signature(identity.resolved(cfg), data)
+    config = identity.resolved(cfg)
+    signature = identity.run_signature(config, data)
+    run_id = identity.short_hash(signature)
     checkpoint = Checkpointer(
-        identity.checkpoint_path(cfg, data),
+        identity.checkpoint_path(cfg, run_id),
         int(cfg.train.get("checkpoint_every") or 0),
         signature=signature,
         minutes=float(cfg.train.get("checkpoint_minutes") or 0),
@@ -67,9 +69,9 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     return RunPlan(
         family=family,
         data=data,
-        run_id=identity.run_id(cfg, data),
-        settings_id=identity.settings_id(cfg, data),
-        record_path=identity.record_path(cfg, data),
+        run_id=run_id,
+        settings_id=identity.short_hash(identity.run_signature(config, data, with_seed=False)),
+        record_path=identity.record_path(cfg, run_id),
         checkpoint=checkpoint,
     )
 

@@ -16,10 +16,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .datafiles import SUFFIXES
 from .errors import ConfigError, IncompatibleChoice
 
 Metric = Literal["accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman"]
-FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 
 class _Section(BaseModel):
@@ -253,8 +253,8 @@ def _check_data_files(
         raise ValueError(f"task.data_files must name {missing_keys}{missing_hint}")
     for key, path in files.items():
         suffix = Path(path).suffix.lower()
-        if suffix not in FILE_SUFFIXES:
-            raise ValueError(f"task.data_files.{key} must be a {'/'.join(FILE_SUFFIXES)} file, got {path!r}")
+        if suffix not in SUFFIXES:
+            raise ValueError(f"task.data_files.{key} must be a {'/'.join(SUFFIXES)} file, got {path!r}")
         if not Path(path).is_file():
             raise ValueError(f"task.data_files.{key} points at {path!r}, which does not exist")
 
