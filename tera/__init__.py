@@ -6,6 +6,7 @@ out-of-tree tuners, so a process that loads a TeRA adapter must ``import tera`` 
 ``KeyError: 'TERA'``.
 """
 
+from . import autotune
 from .analysis import LayerReport, adapter_report, register_effective_delta, register_rank_bound
 from .config import PEFT_TYPE, TeraConfig, TeraPeftType
 from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
@@ -17,6 +18,7 @@ from .tuners_utils import MergeByDeltaWeight, linear_base, register_tuner
 register_tuner(PEFT_TYPE, TeraConfig, TeraModel)
 
 __all__ = [
+    "autotune",
     "PEFT_TYPE",
     "LayerReport",
     "Linear",

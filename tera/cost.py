@@ -3,8 +3,9 @@
 A rough roofline: each matmul costs ``max(flops / peak_flops, bytes / bandwidth)``.  The mode products of the
 materialisation chain have a small inner dimension and are memory-bound, the core step and ``g^T x`` are
 compute-bound; the roofline captures exactly that trade-off.  Only the *extra* cost over the frozen base layer is
-compared (both paths pay for ``x W^T`` and for the input gradient once).  Set ``forward_path`` in the config to force
-a path.
+compared (both paths pay for ``x W^T`` and for the input gradient once).  ``forward_path="auto"`` times both paths on
+first use instead (:mod:`tera.autotune`) and falls back to this model only where timing is impossible; set
+``forward_path`` in the config to force a path.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ DEVICE_SPEEDS = {
 }
 
 
-def _matmul(m: int, k: int, n: int, elem: int, speed: DeviceSpeed) -> float:
-    flops = 2.0 * m * k * n
-    moved = elem * (m * k + k * n + m * n)
+def _matmul(m: int, k: int, n: int, elem: int, speed: DeviceSpeed, batch: int = 1) -> float:
+    """``batch`` products of ``(m x k) @ (k x n)`` sharing the left matrix (a mode product), as one call."""
+    flops = 2.0 * batch * m * k * n
+    moved = elem * (m * k + batch * (k * n + m * n))
     return max(flops / speed.flops_per_s, moved / speed.bytes_per_s)
 
 
@@ -44,7 +46,7 @@ def _chain(plan: TensorPlan, elem: int, speed: DeviceSpeed) -> float:
     total = 0.0
     for mode, size in enumerate(plan.modes):
         lead, trail = math.prod(shape[:mode]), math.prod(shape[mode + 1 :])
-        total += lead * _matmul(size, shape[mode], trail, elem, speed)
+        total += _matmul(size, shape[mode], trail, elem, speed, batch=lead)
         shape[mode] = size
     return total
 
@@ -55,12 +57,12 @@ def _factor_steps(plan: TensorPlan, tokens: int, elem: int, speed: DeviceSpeed) 
     shape = [tokens, *plan.in_modes]
     for q, rank in enumerate(plan.in_ranks):
         lead, trail = math.prod(shape[: 1 + q]), math.prod(shape[2 + q :])
-        total += lead * _matmul(rank, shape[1 + q], trail, elem, speed)
+        total += _matmul(rank, shape[1 + q], trail, elem, speed, batch=lead)
         shape[1 + q] = rank
     shape = [tokens, *plan.out_ranks]
     for o, size in enumerate(plan.out_modes):
         lead, trail = math.prod(shape[: 1 + o]), math.prod(shape[2 + o :])
-        total += lead * _matmul(size, shape[1 + o], trail, elem, speed)
+        total += _matmul(size, shape[1 + o], trail, elem, speed, batch=lead)
         shape[1 + o] = size
     return total
 
@@ -75,9 +77,9 @@ def path_costs(plan: TensorPlan, tokens: int, training: bool, device_type: str, 
     if training:
         # factorised: core forward + core input-gradient; factor steps forward, input-gradient and lambda-gradient.
         factorised = 2 * core + 3 * steps
-        # merged: chain forward, chain recomputed in backward and its backward (~2 chains), W + dW twice,
-        # and the weight-gradient matmul g^T x.
-        merged = 4 * chain + 2 * add + _matmul(plan.d_out, tokens, plan.d_in, elem_bytes, speed)
+        # merged: the chain and W + dW in forward and again in backward, then the lambda gradients: input and
+        # output gradient projected onto the factors and one core-sized matmul (contraction.rank_lambda_grads).
+        merged = 2 * chain + 2 * add + core + steps
     else:
         factorised = core + steps
         merged = chain + add

@@ -9,9 +9,10 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .autotune import pick_path
 from .config import TeraConfig
 from .contraction import delta_weight, factorised_delta, merged_linear
-from .cost import FACTORISED, MERGED, choose_path
+from .cost import FACTORISED, MERGED
 from .tensorize import TensorPlan
 from .tuners_utils import MergeByDeltaWeight
 
@@ -137,9 +138,21 @@ class TeraLayer(BaseTunerLayer):
         forced = self.tera_forward_path[adapter_name]
         if forced != "auto":
             return forced
-        tokens = x.numel() // x.shape[-1]
         training = torch.is_grad_enabled() and self.tera_lambda[adapter_name].requires_grad
-        return choose_path(self.tera_plan[adapter_name], tokens, training, x.device.type, x.element_size())
+        base = self.get_base_layer()
+        core, factors = self.shared_factors(adapter_name, x.dtype, x.device)
+        return pick_path(
+            self.tera_plan[adapter_name],
+            x,
+            base.weight,
+            base.bias,
+            core,
+            factors,
+            self.lambdas(adapter_name),
+            self.tera_placement[adapter_name],
+            self.tera_scaling[adapter_name],
+            training,
+        )
 
 
 class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
