@@ -84,23 +84,58 @@ def test_render_names_device_versions_ratios_and_targets():
             {"method": "vera", "error": "boom"},
         ],
     }
+    record["rows"][1]["ratio"] = {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0}
+    record["rows"][2]["ratio"] = {"median": 1.2, "q1": 1.18, "q3": 1.23, "min": 1.1, "max": 1.3}
     text = efficiency.render(record)
-    assert "| tera | 3 | 24 B | 12.0 | 1.20 | 1,333 | 0.90 | 300 B | 8.8 KB | 2.0 |" in text
+    assert "| tera | 3 | 24 B | 12.0 | 1.20 (1.18-1.23) | 1,333 | 0.90 | 300 B | 8.8 KB | 2.0 |" in text
     assert "failed: boom" in text and record["environment"]["versions"]["torch"] in text
-    assert "- full-rank TeRA train step vs LoRA: 1.200x (target <= 1.3x): met" in text
-    assert "- full-rank TeRA peak memory vs LoRA: 0.900x (target <= 1x): met" in text
+    assert "- full-rank TeRA (auto) train step vs LoRA: 1.200x (target <= 1.4x): met" in text  # the CPU goal
     assert "- unmerged TeRA overhead: prefill 1.50x, decode 1.50x the base model" in text
 
 
+def _ratio(median, q1=None, q3=None):
+    q1, q3 = median if q1 is None else q1, median if q3 is None else q3
+    return {"median": median, "q1": q1, "q3": q3, "min": q1, "max": q3}
+
+
+def test_auto_is_compared_with_its_forced_siblings_only():
+    rows = [
+        {"method": "lora", "peft": {}, "ratio": _ratio(1.0)},
+        {"method": "tera", "peft": {"core_rank_ratio": 1.0, "forward_path": "auto"}, "ratio": _ratio(1.30)},
+        {"method": "tera-merged", "peft": {"core_rank_ratio": 1.0, "forward_path": "merged"}, "ratio": _ratio(1.25)},
+        {"method": "tera-fact", "peft": {"core_rank_ratio": 1.0, "forward_path": "factorised"}, "ratio": _ratio(1.6)},
+        {"method": "tera-half", "peft": {"core_rank_ratio": 0.5, "forward_path": "auto"}, "ratio": _ratio(1.1)},
+        {"method": "tera-half-f", "peft": {"core_rank_ratio": 0.5, "forward_path": "factorised"}, "ratio": _ratio(1.1)},
+    ]
+    found = {c["auto"]["method"]: c for c in efficiency.auto_vs_forced({"rows": rows})}
+    assert set(found) == {"tera", "tera-half"}
+    assert found["tera"]["best"] == "merged" and found["tera"]["auto_over_best"] == pytest.approx(1.04)
+    assert set(found["tera-half"]["forced"]) == {"factorised"} and found["tera-half"]["auto_over_best"] == 1.0
+
+
+def test_measurement_notes_flag_a_busy_machine_and_a_wide_spread():
+    rows = [{"method": "lora", "ratio": _ratio(1.0)}, {"method": "tera", "ratio": _ratio(1.5, 1.3, 1.7)}]
+    base = {"rounds": 9, "steps_per_round": 3, "reference": "lora", "load_before": 0.1, "loads": [2.1], "cores": 2}
+    quiet = efficiency.measurement_notes({"measurement": dict(base, other_cores=0.01), "rows": rows[:1]})
+    assert any("Quiet machine" in line for line in quiet)
+    noisy = "\n".join(efficiency.measurement_notes({"measurement": dict(base, other_cores=0.9), "rows": rows}))
+    assert "Other processes kept 0.90 cores busy" in noisy and "the machine was busy" in noisy
+    assert "spread too wide to trust** (interquartile range above 10% of the median ratio): tera." in noisy
+
+
 @pytest.mark.slow
-def test_run_all_writes_record_and_report(tmp_path):
-    preset = dict(TINY, methods=["base", "lora", "tera"])
+def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path):
+    preset = dict(TINY, methods=["base", "lora", "tera", {"name": "broken", "method": "lora", "peft": {"r": -1}}])
     record = efficiency.run_all(preset, tmp_path, tmp_path / "eff.md")
-    assert [r["method"] for r in record["rows"]] == ["base", "lora", "tera"]
-    assert all("error" not in r for r in record["rows"]), record["rows"]
+    rows = {r["method"]: r for r in record["rows"]}
+    assert list(rows) == ["base", "lora", "tera", "broken"]
+    assert "error" in rows["broken"] and all("error" not in rows[m] for m in ("base", "lora", "tera")), rows
+    assert len(rows["tera"]["round_ms"]) == TINY["rounds"] and rows["lora"]["ratio"]["median"] == 1.0
+    assert rows["tera"]["auto_paths"] and all("timed" in v for v in rows["tera"]["auto_paths"].values())
+    assert record["measurement"]["other_cores"] is not None
     assert json.loads((tmp_path / "efficiency-tiny.json").read_text())["rows"][2]["step_ms"] > 0
     report = (tmp_path / "eff.md").read_text()
-    assert "## Inference" in report and "| tera |" in report and "## Targets" in report
+    assert "## Inference" in report and "| tera |" in report and "## Targets" in report and "Machine:" in report
 
 
 def test_bench_presets_compose_through_hydra():

@@ -5,13 +5,18 @@
                                                                      # batch 16 x 256, adapters on q,k,v,up,down
     python bench.py preset=llama2-7b                                 # the same through Hydra
 
-Per method, each in a fresh subprocess (clean peak-memory counters): train-step time (median after warm-up), tokens per
-second, peak memory, trainable parameters, optimizer-state bytes, adapter file size (as saved, and with the shared
-frozen factors added), merge time, and inference unmerged and merged: prefill of a batch and per-token decode with a
-KV cache.  Models are built from a config with random weights (honest for cost, not accuracy).  Needs torch,
-transformers, peft and PyYAML (a transformers dependency), nothing from the network.  Writes
-``results/benchmarks/efficiency-<preset>.json`` and ``results/efficiency.md`` (or ``--report``) and prints the table
-last.
+Each method lives in its own process for the whole run (clean peak-memory counters) and the parent times them
+round-robin: after a warm-up, every round runs each method in turn (order rotated by one per round), one untimed step
+then ``steps`` timed ones.  A method's step time is the median of its timed steps; its ratio to LoRA is the median over
+rounds of the per-round ratio, reported with its interquartile range, so slow drifts of the machine hit every method
+alike.  The report says when other processes used the cores during the rounds (from /proc/stat) or when a ratio's
+spread is too wide to trust.  Then, one method at a time: peak memory, trainable parameters, optimizer-state bytes,
+adapter file size (as saved, and with the shared frozen factors added), merge time, and inference unmerged and merged:
+prefill of a batch and per-token decode with a KV cache.  For TeRA it also lists which path ``forward_path=auto``
+chose per kind of call, and compares auto with the forced paths.  Models are built from a config with random weights
+(honest for cost, not accuracy).  Needs torch, transformers, peft and PyYAML (a transformers dependency), nothing from
+the network.  Writes ``results/benchmarks/efficiency-<preset>.json`` and ``results/efficiency.md`` (or ``--report``)
+and prints the table last.
 """
 
 from __future__ import annotations
@@ -121,71 +126,144 @@ def _inference(model, preset: dict[str, Any], ids: torch.Tensor) -> dict[str, fl
     return {"prefill_ms": 1000 * prefill, "decode_ms_per_token": 1000 * decode}
 
 
+class MethodBench:
+    """One method's model, optimizer and figures, kept alive in its own process across the rounds of a benchmark."""
+
+    def __init__(self, preset: dict[str, Any], entry: str | dict[str, Any]) -> None:
+        from baselines import apply_method
+
+        self.preset, self.spec = preset, method_spec(entry)
+        self.device = preset["device"]
+        torch.manual_seed(0)
+        self.model = build_model(preset)
+        self.ids = torch.randint(0, preset["model"]["vocab"], (preset["batch"], preset["seq"]), device=self.device)
+        self.row: dict[str, Any] = {"method": self.spec["name"], "peft": self.spec["peft"]}
+        self.trains = self.spec["method"] != "base"  # the frozen base model: the inference reference only
+        self.optimizer = None
+        if not self.trains:
+            self.row["trainable"] = 0
+            return
+        self.base_buffer_ids = {id(b) for b in self.model.buffers()}
+        self.model = apply_method(self.model, self.spec["method"], preset["targets"], **self.spec["peft"])
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.row["trainable"] = sum(p.numel() for p in params)
+        # A real learning rate, so that the adapters move away from dW = 0 and the merge check means something.
+        self.optimizer = torch.optim.AdamW(params, lr=1e-3)
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+
+    def train_steps(self, count: int) -> list[float]:
+        """Seconds of each of ``count`` train steps (forward, backward, AdamW step)."""
+        if not self.trains:
+            return []
+        self.model.train()
+        times = []
+        for _ in range(count):
+
+            def train_step():
+                loss = self.model(input_ids=self.ids, labels=self.ids).loss
+                loss.backward()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+
+            times.append(_timed(train_step, self.device))
+        return times
+
+    def release_cache(self) -> None:
+        """Give cached activation memory back, so that many methods' processes fit on one GPU side by side."""
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def finish(self, step_times: list[float]) -> dict[str, Any]:
+        """Every figure besides the step time: memory, storage, merge, inference (timed with the GPU to itself)."""
+        row, model, preset = self.row, self.model, self.preset
+        if not self.trains:
+            row.update({f"{k}_merged": v for k, v in _inference(model, preset, self.ids).items()})
+            return row
+        median = statistics.median(step_times)
+        row["step_ms"] = 1000 * median
+        row["tokens_per_s"] = preset["batch"] * preset["seq"] / median
+        row["peak_train_gib"] = _peak_gib(self.device)
+        row["optimizer_state_bytes"] = sum(
+            t.numel() * t.element_size()
+            for state in self.optimizer.state.values()
+            for t in state.values()
+            if torch.is_tensor(t)
+        )
+        row["auto_paths"] = _auto_paths()
+        if self.spec["method"] == "full":
+            row["model_file_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+            row.update({f"{k}_merged": v for k, v in _inference(model, preset, self.ids).items()})
+            return row
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            row["adapter_file_bytes"] = os.path.getsize(Path(folder) / "adapter_model.safetensors")
+        row["shared_frozen_bytes"] = _added_buffer_bytes(model, self.base_buffer_ids)
+        row["adapter_with_shared_bytes"] = row["adapter_file_bytes"] + row["shared_frozen_bytes"]
+        row.update({f"{k}_unmerged": v for k, v in _inference(model, preset, self.ids).items()})
+        with torch.no_grad():
+            unmerged_logits = model(input_ids=self.ids[:1]).logits.float()
+        row["merge_ms"] = 1000 * _timed(lambda: model.merge_adapter(), self.device)
+        with torch.no_grad():
+            merged_logits = model(input_ids=self.ids[:1]).logits.float()
+        scale = unmerged_logits.abs().max().clamp_min(1e-6)
+        row["merged_max_rel_diff"] = float((merged_logits - unmerged_logits).abs().max() / scale)
+        merged = model.merge_and_unload()
+        row.update({f"{k}_merged": v for k, v in _inference(merged, preset, self.ids).items()})
+        return row
+
+
+def _auto_paths() -> dict[str, str]:
+    """What TeRA's forward_path=auto chose in this process and from which timings (empty for other methods)."""
+    import sys
+
+    autotune = sys.modules.get("tera.autotune")
+    if autotune is None:
+        return {}
+    out = {}
+    for (plan, placement, bucket, dtype, _device, training), choice in autotune.choices().items():
+        label = f"{plan} {placement} {'train' if training else 'eval'} <={bucket} tokens {str(dtype).split('.')[-1]}"
+        timings = ", ".join(f"{path} {ms:.3g} ms" for path, ms in sorted(choice.ms.items()))
+        out[label] = f"{choice.path} ({choice.source}{': ' + timings if timings else ''})"
+    return out
+
+
 def measure(preset: dict[str, Any], entry: str | dict[str, Any]) -> dict[str, Any]:
-    """Run in a child process: every figure for one method."""
-    from baselines import apply_method
+    """Every figure for one method, in this process: warm-up, then ``rounds x steps`` timed steps in a row."""
+    bench = MethodBench(preset, entry)
+    bench.train_steps(preset["warmup"])
+    times = bench.train_steps(preset["rounds"] * preset["steps"])
+    return bench.finish(times)
 
-    spec = method_spec(entry)
-    device = preset["device"]
-    torch.manual_seed(0)
-    model = build_model(preset)
-    ids = torch.randint(0, preset["model"]["vocab"], (preset["batch"], preset["seq"]), device=device)
-    row: dict[str, Any] = {"method": spec["name"], "peft": spec["peft"]}
-    if spec["method"] == "base":  # the frozen base model: the inference reference
-        row.update({f"{k}_merged": v for k, v in _inference(model, preset, ids).items()})
-        row["trainable"] = 0
-        return row
 
-    base_buffer_ids = {id(b) for b in model.buffers()}
-    model = apply_method(model, spec["method"], preset["targets"], **spec["peft"])
-    params = [p for p in model.parameters() if p.requires_grad]
-    row["trainable"] = sum(p.numel() for p in params)
-    # A real learning rate, so that the adapters move away from dW = 0 and the merge check below means something.
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    model.train()
-    for step in range(preset["warmup"] + preset["steps"]):
+def worker(preset: dict[str, Any], name: str) -> int:
+    """Child-process mode: build one method, then obey JSON commands on stdin, one JSON reply per line on stdout.
 
-        def train_step():
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        elapsed = _timed(train_step, device)
-        if step >= preset["warmup"]:
-            times.append(elapsed)
-    row["step_ms"] = 1000 * statistics.median(times)
-    row["tokens_per_s"] = preset["batch"] * preset["seq"] / statistics.median(times)
-    row["peak_train_gib"] = _peak_gib(device)
-    row["optimizer_state_bytes"] = sum(
-        t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)
-    )
-
-    if spec["method"] == "full":
-        row["model_file_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
-        row.update({f"{k}_merged": v for k, v in _inference(model, preset, ids).items()})
-        return row
-
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        row["adapter_file_bytes"] = os.path.getsize(Path(folder) / "adapter_model.safetensors")
-    row["shared_frozen_bytes"] = _added_buffer_bytes(model, base_buffer_ids)
-    row["adapter_with_shared_bytes"] = row["adapter_file_bytes"] + row["shared_frozen_bytes"]
-
-    row.update({f"{k}_unmerged": v for k, v in _inference(model, preset, ids).items()})
-    with torch.no_grad():
-        unmerged_logits = model(input_ids=ids[:1]).logits.float()
-    row["merge_ms"] = 1000 * _timed(lambda: model.merge_adapter(), device)
-    with torch.no_grad():
-        merged_logits = model(input_ids=ids[:1]).logits.float()
-    scale = unmerged_logits.abs().max().clamp_min(1e-6)
-    row["merged_max_rel_diff"] = float((merged_logits - unmerged_logits).abs().max() / scale)
-    merged = model.merge_and_unload()
-    row.update({f"{k}_merged": v for k, v in _inference(merged, preset, ids).items()})
-    return row
+    ``{"steps": n}`` runs n timed train steps and replies their seconds; ``{"finish": true}`` replies the row with
+    every other figure and ends.  Nothing else is written to stdout.
+    """
+    entry = next(e for e in preset["methods"] if method_spec(e)["name"] == name)
+    reply = sys.stdout
+    sys.stdout = sys.stderr  # stray prints of libraries must not break the protocol
+    try:
+        bench = MethodBench(preset, entry)
+    except Exception as error:  # noqa: BLE001 - reported as this method's row, the others go on
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"[:300]}), file=reply, flush=True)
+        return 1
+    print(json.dumps({"ready": True}), file=reply, flush=True)
+    times: list[float] = []
+    for line in sys.stdin:
+        command = json.loads(line)
+        if "steps" in command:
+            new = bench.train_steps(command["steps"])
+            bench.release_cache()
+            if command.get("timed", True):
+                times += new
+            print(json.dumps({"times": new}), file=reply, flush=True)
+        elif command.get("finish"):
+            print(json.dumps({"row": bench.finish(times)}), file=reply, flush=True)
+            return 0
+    return 0
 
 
 def _fmt_bytes(value: float | None) -> str:
@@ -202,10 +280,90 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+SPREAD_LIMIT = 0.10  # an interquartile range wider than this fraction of the median ratio is flagged
+BUSY_CORES = 0.25  # other processes using more than a quarter of a core on average make the machine "busy"
+AUTO_LIMIT = 1.05  # the automatic path should be within 5% of the better forced one
+
+
+def _ratio_cell(row: dict[str, Any]) -> str:
+    ratio = row.get("ratio")
+    if not ratio:
+        return "-"
+    return f"{ratio['median']:.2f} ({ratio['q1']:.2f}-{ratio['q3']:.2f})"
+
+
+def _spread(row: dict[str, Any]) -> float:
+    ratio = row["ratio"]
+    return (ratio["q3"] - ratio["q1"]) / ratio["median"]
+
+
+def measurement_notes(record: dict[str, Any]) -> list[str]:
+    """How the step times were taken, and whether the machine or the spread make them untrustworthy."""
+    m = record.get("measurement")
+    if not m:
+        return []
+    loads = m["loads"] or [m["load_before"]]
+    lines = [
+        f"Step times: {m['rounds']} rounds; each round runs every method in turn (order rotated by one each round), "
+        f"one untimed step then {m['steps_per_round']} timed ones; a method's step ms is the median of its timed "
+        f"steps, its ratio the median over rounds of (its round median / {m['reference']}'s round median), with the "
+        "interquartile range in brackets.",
+        "",
+        f"Machine: 1-minute load {m['load_before']:.2f} before the benchmark, {min(loads):.2f}-{max(loads):.2f} "
+        f"during the rounds, on {m['cores']} cores.",
+    ]
+    other = m.get("other_cores")
+    if other is not None:
+        lines[-1] += f" Other processes kept {other:.2f} cores busy on average during the rounds."
+        busy = other > BUSY_CORES
+    else:  # no /proc: the load average, which also counts this benchmark's own process per core
+        busy = max(loads) > m["cores"] + 1
+    wide = [r["method"] for r in record["rows"] if r.get("ratio") and _spread(r) > SPREAD_LIMIT]
+    if busy:
+        lines.append(
+            "**Warning: the machine was busy**: other work shared the cores during the rounds, so the ratios may be "
+            "off; rerun on a quiet machine."
+        )
+    if wide:
+        lines.append(
+            f"**Warning: spread too wide to trust** (interquartile range above {100 * SPREAD_LIMIT:.0f}% of the "
+            f"median ratio): {', '.join(wide)}."
+        )
+    if not busy and not wide:
+        lines.append(
+            f"Quiet machine, every ratio's interquartile range within {100 * SPREAD_LIMIT:.0f}% of its median."
+        )
+    return lines
+
+
+def auto_vs_forced(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """For each TeRA entry on forward_path=auto, its forced-path siblings (same options otherwise) and the verdict."""
+    rows = [r for r in record["rows"] if r.get("ratio")]
+    out = []
+    for auto in rows:
+        peft = auto.get("peft") or {}
+        if "forward_path" not in peft or peft["forward_path"] != "auto":
+            continue
+        rest = {k: v for k, v in peft.items() if k != "forward_path"}
+        forced = {
+            r["peft"]["forward_path"]: r
+            for r in rows
+            if r is not auto
+            and r.get("peft", {}).get("forward_path") in ("merged", "factorised")
+            and {k: v for k, v in r["peft"].items() if k != "forward_path"} == rest
+        }
+        if not forced:
+            continue
+        best = min(forced, key=lambda path: forced[path]["ratio"]["median"])
+        verdict = auto["ratio"]["median"] / forced[best]["ratio"]["median"]
+        out.append({"auto": auto, "forced": forced, "best": best, "auto_over_best": verdict})
+    return out
+
+
 def render(record: dict[str, Any]) -> str:
     env, preset, rows = record["environment"], record["preset"], record["rows"]
     by_name = {r["method"]: r for r in rows}
-    lora = next((r for r in rows if r["method"].startswith("lora") and "step_ms" in r), None)
+    reference = (record.get("measurement") or {}).get("reference") or "LoRA"
     memory = "peak GiB (CUDA allocated)" if preset["device"].startswith("cuda") else "peak RSS GiB (process)"
     shape = preset["model"]
     lines = [
@@ -213,17 +371,19 @@ def render(record: dict[str, Any]) -> str:
         "",
         f"Device: {env['device']}; date {env['date']}; torch {env['versions']['torch']}, "
         f"transformers {env['versions']['transformers']}, peft {env['versions']['peft']}. Written by "
-        "`experiments/benchmarks/efficiency.py`; one run.",
+        "`experiments/benchmarks/efficiency.py`.",
         "",
         f"Model: LLaMA-style, hidden {shape['hidden']}, intermediate {shape['intermediate']}, {shape['layers']} "
         f"layers, random weights, {preset['dtype']}; batch {preset['batch']} x {preset['seq']} tokens; adapters on "
-        f"{', '.join(preset['targets'])}. Train step: forward, backward, AdamW step; median of {preset['steps']} "
-        f"after {preset['warmup']} warm-up. Decode: median ms per generated token for the whole batch, KV cache.",
+        f"{', '.join(preset['targets'])}. Train step: forward, backward, AdamW step. Each method runs in its own "
+        "process (clean peak-memory counters). Decode: median ms per generated token for the whole batch, KV cache.",
+        "",
+        *measurement_notes(record),
         "",
         "## Training and storage",
         "",
-        f"| method | trainable | optimizer state | step ms | x LoRA | tokens/s | {memory} | adapter file | "
-        "with shared factors | merge ms |",
+        f"| method | trainable | optimizer state | step ms | x {reference} (IQR) | tokens/s | {memory} | "
+        "adapter file | with shared factors | merge ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -232,15 +392,40 @@ def render(record: dict[str, Any]) -> str:
             continue
         if "step_ms" not in r:
             continue
-        ratio = f"{r['step_ms'] / lora['step_ms']:.2f}" if lora else "-"
         file_size = r.get("adapter_file_bytes", r.get("model_file_bytes"))
         lines.append(
             f"| {r['method']} | {r['trainable']:,} | {_fmt_bytes(r['optimizer_state_bytes'])} | {_fmt(r['step_ms'])} | "
-            f"{ratio} | {r['tokens_per_s']:,.0f} | {r['peak_train_gib']:.2f} | {_fmt_bytes(file_size)}"
+            f"{_ratio_cell(r)} | {r['tokens_per_s']:,.0f} | {r['peak_train_gib']:.2f} | {_fmt_bytes(file_size)}"
             f"{' (full model)' if 'model_file_bytes' in r else ''} | "
             f"{_fmt_bytes(r.get('adapter_with_shared_bytes'))} | "
             f"{_fmt(r.get('merge_ms'))} |"
         )
+    comparisons = auto_vs_forced(record)
+    if comparisons:
+        lines += [
+            "",
+            "## TeRA's automatic path against the forced ones",
+            "",
+            f"Ratios to {reference} (median over rounds). `forward_path=auto` times both paths on first use and keeps "
+            f"the faster (tera/autotune.py); goal: within {100 * (AUTO_LIMIT - 1):.0f}% of the better forced path.",
+            "",
+            "| auto entry | auto | merged | factorised | auto / best forced | verdict |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in comparisons:
+            forced = c["forced"]
+            cells = [_ratio_cell(forced[p]) if p in forced else "-" for p in ("merged", "factorised")]
+            verdict = "met" if c["auto_over_best"] <= AUTO_LIMIT else "missed"
+            lines.append(
+                f"| {c['auto']['method']} | {_ratio_cell(c['auto'])} | {cells[0]} | {cells[1]} | "
+                f"{c['auto_over_best']:.3f} (best: {c['best']}) | {verdict} |"
+            )
+        chosen = [
+            (c["auto"]["method"], label, path) for c in comparisons for label, path in c["auto"]["auto_paths"].items()
+        ]
+        if chosen:
+            lines += ["", "Paths auto chose, per kind of call (median ms per path when timed):", ""]
+            lines += [f"- {method}: {label}: {path}" for method, label, path in chosen]
     base = by_name.get("base", {})
     lines += [
         "",
@@ -264,26 +449,39 @@ def render(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _step_ratio(row: dict[str, Any], lora: dict[str, Any]) -> float:
+    return row["ratio"]["median"] if row.get("ratio") else row["step_ms"] / lora["step_ms"]
+
+
 def targets(record: dict[str, Any]) -> list[str]:
-    """The issue's targets, checked on this run's figures (stated for a GPU at LLaMA-2-7B shapes)."""
+    """The goals of full-rank TeRA, checked on this run's figures: the GPU ones at LLaMA-2-7B shapes, the CPU ones
+    on the small CPU preset."""
     rows = {r["method"]: r for r in record["rows"] if "error" not in r}
     lora = rows.get("lora-r32") or rows.get("lora")
-    tera, half, base = rows.get("tera"), rows.get("tera-half"), rows.get("base")
+    tera, half, base, full = rows.get("tera"), rows.get("tera-half"), rows.get("base"), rows.get("full")
     if not (lora and tera and "step_ms" in lora and "step_ms" in tera):
         return []
     lines = ["## Targets", ""]
-    if not record["preset"]["device"].startswith("cuda"):
-        lines.append("The targets are stated for a GPU at LLaMA-2-7B shapes; on this device they are indicative only.")
-        lines.append("")
+    on_gpu = record["preset"]["device"].startswith("cuda")
 
     def check(label: str, value: float, limit: float, unit: str = "x") -> None:
         verdict = "met" if value <= limit else f"missed by {100 * (value / limit - 1):.1f}%"
         lines.append(f"- {label}: {value:.3f}{unit} (target <= {limit:g}{unit}): {verdict}")
 
-    check("full-rank TeRA train step vs LoRA", tera["step_ms"] / lora["step_ms"], 1.30)
-    check("full-rank TeRA peak memory vs LoRA", tera["peak_train_gib"] / lora["peak_train_gib"], 1.0)
-    if half and "step_ms" in half:
-        check("TeRA core ranks I/2 train step vs LoRA", half["step_ms"] / lora["step_ms"], 1.06)
+    if on_gpu:
+        check("full-rank TeRA train step vs LoRA (stretch 1.2x)", _step_ratio(tera, lora), 1.30)
+        check("full-rank TeRA peak memory vs LoRA", tera["peak_train_gib"] / lora["peak_train_gib"], 1.0)
+        if half and "step_ms" in half:
+            check("TeRA core ranks I/2 train step vs LoRA", _step_ratio(half, lora), 1.06)
+    else:
+        lines += ["CPU goals (the GPU ones are stated for an H200 at LLaMA-2-7B shapes: `make gpu-check`).", ""]
+        check("full-rank TeRA (auto) train step vs LoRA", _step_ratio(tera, lora), 1.40)
+        if full and "step_ms" in full:
+            check(
+                "full-rank TeRA (auto) train step vs full fine-tuning",
+                _step_ratio(tera, lora) / _step_ratio(full, lora),
+                1.0,
+            )
     if base:
         check("merged TeRA prefill vs base model", tera["prefill_ms_merged"] / base["prefill_ms_merged"], 1.05)
         lines.append(
@@ -294,8 +492,130 @@ def targets(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+class _Worker:
+    """A method's benchmark process, driven line by line (see :func:`worker`)."""
+
+    def __init__(self, name: str, preset_file: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log = (log_dir / f"{name}.log").open("w+")
+        command = [sys.executable, "-m", "experiments.benchmarks.efficiency", "--preset-file", preset_file]
+        self.proc = subprocess.Popen(
+            [*command, "--worker", name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.log.seek(0)
+            tail = (self.log.read().strip().splitlines() or [f"exit status {self.proc.returncode}, no output"])[-1]
+            return {"error": tail[:300]}
+        return json.loads(line)
+
+    def ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the process died; read() says why
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _quartiles(values: list[float]) -> dict[str, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": median, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
+def reference_method(names: list[str]) -> str | None:
+    """The row the ratios are taken against: the first LoRA entry."""
+    return next((name for name in names if name.startswith("lora")), None)
+
+
+def _system_cpu_seconds() -> float | None:
+    """CPU seconds every process on this machine has used (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used by the given processes (utime + stime), from /proc/<pid>/stat."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class _CpuWatch:
+    """How many cores processes other than the benchmark's kept busy between start() and stop()."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = [os.getpid(), *pids]
+
+    def start(self) -> None:
+        self.t0, self.sys0, self.own0 = time.perf_counter(), _system_cpu_seconds(), _process_cpu_seconds(self.pids)
+
+    def stop(self) -> float | None:
+        system = _system_cpu_seconds()
+        if system is None or self.sys0 is None:
+            return None
+        others = (system - self.sys0) - (_process_cpu_seconds(self.pids) - self.own0)
+        return max(others, 0.0) / (time.perf_counter() - self.t0)
+
+
+def _rounds(workers: list[_Worker], preset: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
+    """Round-robin timing: every round times every method, in an order rotated by one each round."""
+    alive = list(workers)
+    for bench in alive:  # warm-up: allocator, kernels, autotuned paths
+        reply = bench.ask({"steps": preset["warmup"], "timed": False})
+        if "error" in reply:
+            failed[bench.name] = reply["error"]
+    alive = [w for w in alive if w.name not in failed]
+    round_ms: dict[str, list[float]] = {w.name: [] for w in alive}
+    loads = []
+    watch = _CpuWatch([w.proc.pid for w in workers])
+    watch.start()
+    for index in range(preset["rounds"]):
+        shift = index % max(len(alive), 1)
+        for bench in alive[shift:] + alive[:shift]:
+            if bench.name in failed:
+                continue
+            bench.ask({"steps": 1, "timed": False})  # refill caches the others evicted
+            reply = bench.ask({"steps": preset["steps"]})
+            if "error" in reply:
+                failed[bench.name] = reply["error"]
+                continue
+            round_ms[bench.name].append(1000 * statistics.median(reply["times"]))
+        loads.append(os.getloadavg()[0])
+        print(f"  round {index + 1}/{preset['rounds']} done (load {loads[-1]:.2f})", file=sys.stderr, flush=True)
+    return {
+        "round_ms": {k: v for k, v in round_ms.items() if k not in failed},
+        "loads": loads,
+        "other_cores": watch.stop(),
+    }
+
+
 def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[str] | None = None) -> dict[str, Any]:
-    """Measure every method of ``preset`` (each in a child process), write the JSON record and the report."""
+    """Measure every method of ``preset`` (each in its own process, timed round-robin), write the record and report."""
     sys.path.insert(0, str(ROOT))
     from experiments.records import environment, write_json_atomic
 
@@ -303,37 +623,66 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
         raise SystemExit(
             f"error: preset {preset['name']!r} needs a CUDA GPU; use the cpu-small preset on this machine."
         )
-    entries = [e for e in preset["methods"] if methods is None or method_spec(e)["name"] in methods]
+    names = [method_spec(e)["name"] for e in preset["methods"] if methods is None or method_spec(e)["name"] in methods]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    rows = []
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(preset, handle)
-    try:
-        for index, entry in enumerate(entries, 1):
-            name = method_spec(entry)["name"]
-            print(f"[{index}/{len(entries)}] {name} ...", file=sys.stderr, flush=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "experiments.benchmarks.efficiency",
-                "--preset-file",
-                handle.name,
-                "--only",
-                name,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-            if proc.returncode != 0:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                rows.append({"method": name, "error": tail[:300]})
-                continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    finally:
-        os.unlink(handle.name)
-    record = {"preset": preset, "environment": environment(preset["device"]), "rows": rows}
+    load_before = os.getloadavg()[0]
+    failed: dict[str, str] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        preset_file = Path(scratch) / "preset.json"
+        preset_file.write_text(json.dumps(preset))
+        print(f"starting {len(names)} method processes ...", file=sys.stderr, flush=True)
+        workers = [_Worker(name, str(preset_file), env, Path(scratch)) for name in names]
+        try:
+            for bench in workers:
+                reply = bench.read()
+                if "error" in reply:
+                    failed[bench.name] = reply["error"]
+            live = [w for w in workers if w.name not in failed]
+            trainers = [w for w in live if method_spec(_entry(preset, w.name))["method"] != "base"]
+            timing = _rounds(trainers, preset, failed)
+            for index, bench in enumerate(w for w in live if w.name not in failed):
+                print(f"[{index + 1}/{len(live)}] {bench.name}: memory, storage, inference ...", file=sys.stderr)
+                reply = bench.ask({"finish": True})
+                if "error" in reply:
+                    failed[bench.name] = reply["error"]
+                else:
+                    rows[bench.name] = reply["row"]
+        finally:
+            for bench in workers:
+                bench.close()
+    reference = reference_method([n for n in names if n in timing["round_ms"]])
+    for name, per_round in timing["round_ms"].items():
+        if name not in rows:
+            continue
+        rows[name]["round_ms"] = per_round
+        if reference:
+            ratios = [a / b for a, b in zip(per_round, timing["round_ms"][reference])]
+            rows[name]["ratio"] = _quartiles(ratios)
+    ordered = [rows.get(name) or {"method": name, "error": failed.get(name, "no result")} for name in names]
+    measurement = {
+        "rounds": preset["rounds"],
+        "steps_per_round": preset["steps"],
+        "reference": reference,
+        "load_before": load_before,
+        "loads": timing["loads"],
+        "other_cores": timing["other_cores"],
+        "cores": os.cpu_count(),
+    }
+    record = {
+        "preset": preset,
+        "environment": environment(preset["device"]),
+        "measurement": measurement,
+        "rows": ordered,
+    }
     write_json_atomic(out_dir / f"efficiency-{preset['name']}.json", record)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render(record))
     return record
+
+
+def _entry(preset: dict[str, Any], name: str) -> str | dict[str, Any]:
+    return next(e for e in preset["methods"] if method_spec(e)["name"] == name)
 
 
 def default_report(preset: dict[str, Any]) -> Path:
@@ -345,15 +694,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu-small", help="a conf/bench/<name>.yaml preset")
     parser.add_argument("--preset-file", type=Path, help=argparse.SUPPRESS)  # child-process mode: resolved preset
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the preset's methods")
-    parser.add_argument("--only", help=argparse.SUPPRESS)  # child-process mode: one method, JSON on stdout
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # child-process mode: one method, JSON lines
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
     parser.add_argument("--report", type=Path, default=None, help="Markdown report (default results/efficiency.md)")
     args = parser.parse_args(argv)
     preset = json.loads(args.preset_file.read_text()) if args.preset_file else load_preset(args.preset)
-    if args.only:
-        entry = next(e for e in preset["methods"] if method_spec(e)["name"] == args.only)
-        print(json.dumps(measure(preset, entry)))
-        return 0
+    if args.worker:
+        return worker(preset, args.worker)
     report = args.report or default_report(preset)
     run_all(preset, args.out, report, args.methods)
     print(report.read_text())
