@@ -43,9 +43,10 @@ offline-data: $(STAMP)  ## fetch the BIG-bench task files once (358 MB through p
 	$(PY) -m experiments.causal.offline
 
 # Tables declared in experiments/specs/<name>.yaml: `python -m experiments.reproduce <name>` runs the grid (skipping
-# finished runs) and renders results/<table>.md/.csv. LAUNCHER=submitit_local|slurm and ARGS="hydra overrides" pass on.
+# finished runs) and renders results/<table>.md/.csv. LAUNCHER=submitit_local|slurm and ARGS="hydra overrides" pass on;
+# TUNE=1 runs the tuning protocol instead (each method at its best setting on validation) -> results/<table>-tuned.md.
 REPRODUCE = $(PY) -m experiments.reproduce
-REPRODUCE_FLAGS = $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(ARGS),-- $(ARGS))
+REPRODUCE_FLAGS = $(if $(TUNE),--tune) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(ARGS),-- $(ARGS))
 
 table-sentiment: $(STAMP)  ## every method x 3 seeds on MiniLM + tweets, one budget (specs/sentiment.yaml) -> results/sentiment_minilm.md
 	$(REPRODUCE) sentiment $(REPRODUCE_FLAGS)

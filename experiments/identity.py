@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 ID_DIGITS = 8
 # Settings that change how a run is executed or logged, not what it computes.
-_NOT_IN_SIGNATURE = {"skip_complete", "logger", "device", "output_dir", "run_name", "data"}
+_NOT_IN_SIGNATURE = {"skip_complete", "skip_failed", "logger", "device", "output_dir", "run_name", "data"}
 _NOT_IN_TRAIN_SIGNATURE = {"checkpoint_every", "checkpoint_minutes", "eval_batch_size"}
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
@@ -55,6 +55,8 @@ def run_signature(config: dict[str, Any], data: dict[str, str] | None = None, wi
     string. ``with_seed=False`` gives the signature of the settings a table averages over seeds."""
     kept = {k: v for k, v in config.items() if k not in _NOT_IN_SIGNATURE and k != "hydra"}
     kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k not in _NOT_IN_TRAIN_SIGNATURE}
+    if isinstance(kept.get("method"), dict):  # a search space is not what a run computes; the values it sets are
+        kept["method"] = {k: v for k, v in kept["method"].items() if k != "tune"}
     if "eval" in kept:
         kept["eval"] = {k: v for k, v in kept["eval"].items() if k != "batch_size"}
     if not with_seed:

@@ -100,6 +100,7 @@ def accuracy_rows(spec: TableSpec, found: RecordSet) -> list[dict[str, Any]]:
     rows = summarise(run_frame(runs, spec.columns), ["variant", "model", "method"], spec.columns)
     for row in rows:
         row["reference"] = _reference(spec, row["model"], row["method"])
+        row["shown"] = spec.row_cells(row["variant"], row["model"], row["method"])  # a tuned table's chosen setting
     return rows
 
 
@@ -113,7 +114,7 @@ def render_accuracy(spec: TableSpec, found: RecordSet) -> tuple[str, pd.DataFram
     rows = accuracy_rows(spec, found)
     chosen, match_notes = match_runs(spec, found)
     used = list(chosen.values())
-    notes = [f"Reference: {spec.reference['source']}"] if spec.reference else []
+    notes = [*spec.caption, *([f"Reference: {spec.reference['source']}"] if spec.reference else [])]
     notes += [*match_notes, *found.notes()]
     reference = spec.reference["column"] if spec.reference else None
     keys = row_keys(spec)

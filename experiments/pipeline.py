@@ -82,6 +82,13 @@ def finished_record(plan: RunPlan) -> dict[str, Any] | None:
     return record if identity.is_complete(record) else None
 
 
+def failed_record(plan: RunPlan) -> dict[str, Any] | None:
+    """The record of this exact run when it failed (diverged) before, or None: a tuning trial that diverged is a
+    result, not something to retry (``skip_failed``)."""
+    record = identity.read_record(plan.record_path)
+    return record if record is not None and record.get("status") == "failed" else None
+
+
 def finish_run(
     plan: RunPlan,
     record: dict[str, Any],
@@ -218,6 +225,7 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
         "total_params": total_params,
         **adapter_fields(model, method.name),
         "steps": budget.steps,
+        "learning_rate": family.learning_rate(),  # the adapter's rate (the head's is train.head_lr)
         "budget": budget.as_dict(),
         "train_tokens_per_step": budget.global_batch,
         "evaluations": [*(result.evaluations if result else []), *evaluation.evaluations],

@@ -122,3 +122,51 @@ def spectra(records: list[dict[str, Any]], out: Path, methods: tuple[str, ...] =
         ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def tuning_curves(cells: list[Any], title: str, out: Path) -> Path | None:
+    """The tuning protocol's trials: the validation metric (%) against the learning rate (log scale), one line per
+    method (and per value of any other option searched), one panel per model and task; the chosen setting is a star,
+    a trial that diverged a cross on the lower edge."""
+    tuned = [c for c in cells if c.trials]
+    if not tuned:
+        return None
+    panels = list(dict.fromkeys((c.variant, c.model, c.task) for c in tuned))
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, 4.2 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        members = [c for c in tuned if (c.variant, c.model, c.task) == panel]
+        failed_at = []
+        for i, cell in enumerate(members):
+            chosen = cell.chosen
+            lines: dict[str, list] = {}
+            for trial in cell.trials:
+                others = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in trial.setting.values[1:])
+                lines.setdefault(others, []).append(trial)
+            for j, (others, trials) in enumerate(lines.items()):
+                trials = sorted(trials, key=lambda t: t.setting.lr)
+                points = [
+                    (t.setting.lr, 100 * t.value(cell.metric)) for t in trials if t.value(cell.metric) is not None
+                ]
+                label = cell.method + (f" ({others})" if others else "")
+                style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[j % 4])
+                if points:
+                    ax.plot(*zip(*points), marker="o", ms=4, label=label, **style)
+                failed_at += [(t.setting.lr, f"C{i % 10}") for t in trials if t.status == "failed"]
+                if chosen is not None and chosen in trials:
+                    ax.plot(chosen.setting.lr, 100 * chosen.value(cell.metric), marker="*", ms=14, **style)
+        low = ax.get_ylim()[0]
+        for lr, color in failed_at:
+            ax.plot(lr, low, marker="x", ms=8, color=color, clip_on=False)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel(f"{members[0].metric} (%)")
+        ax.set_title(", ".join(p for p in panel if p), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(textwrap.fill(f"Tuning trials: {title} (star: chosen; x: diverged)", 90), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)

@@ -4,11 +4,13 @@ python -m experiments.reproduce table2 --smoke                        # offline 
 python -m experiments.reproduce table2 --launcher slurm -- hydra.launcher.partition=gpu hydra.launcher.account=lab
 python -m experiments.reproduce table3 --render-only                  # re-render from the records there are
 python -m experiments.reproduce decoder_tera_lr --dry-run             # print the Hydra multirun commands
+python -m experiments.reproduce sentiment --tune                      # each method at its best rate on validation
 
 Runs whose records are complete with the same settings are skipped (run.py's skip_complete), so an interrupted or
 partly failed sweep is finished by running the same command again. Records land in results/runs/<records>/ (a spec's
 ``records``, default <name>[-smoke]), each table in results/<out>.md/.csv (default <name>[-smoke]), plots in
-results/plots/.
+results/plots/. With ``--tune`` every method first runs its search space on validation, then its chosen setting for
+every seed (``experiments/tune_protocol.py``), into results/runs/<records>-tuned/ and results/<out>-tuned.md/.csv.
 """
 
 from __future__ import annotations
@@ -84,15 +86,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", choices=LAUNCHERS, default="basic", help="basic = sequential, here")
     parser.add_argument("--render-only", action="store_true", help="render from existing records, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--tune", action="store_true", help="each method at its own best setting, chosen on validation (README)"
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run (after --)")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` is Hydra overrides, wherever the options are (`table3 --launcher slurm -- a=1`).
+    after = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.extra = [*args.extra, *after]
     try:
         specs = load_tables(args.table, smoke=args.smoke)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    if args.tune:
+        from . import tune_protocol
+
+        accuracy = [spec for spec in specs if spec.kind == "accuracy"]
+        if not accuracy:
+            print(
+                f"error: {args.table} has no accuracy table to tune (table 1 measures, it does not train).",
+                file=sys.stderr,
+            )
+            return 2
+        status = tune_protocol.run(accuracy, args.results, args.launcher, args.extra, args.dry_run, args.render_only)
+        if status == 0 and not args.dry_run:
+            folders = ", ".join(sorted({str(args.results / "runs" / s.tuned_records_dir) for s in accuracy}))
+            print(
+                f"{args.table}{'-smoke' if args.smoke else ''} tuned: {time.perf_counter() - started:.0f} s; "
+                f"records in {folders}"
+            )
+        return status
     if not args.render_only:
         for spec in (s for s in specs if s.kind == "properties"):
             records_dir = args.results / "runs" / spec.records_dir

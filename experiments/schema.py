@@ -8,6 +8,7 @@ task YAML of one's own gets the same one-sentence errors as the built-in ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .datafiles import SUFFIXES
 from .errors import ConfigError, IncompatibleChoice
+from .naming import NAME_PIECE
 
 Metric = Literal["accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman"]
 
@@ -100,6 +102,9 @@ class ClassificationTaskSettings(_Section):
     test_split: str | None = None
     data_files: dict[str, str] | None = None
     split_seed: int = 0
+    # Tuning trials on a task whose test figure is its validation split (GLUE): hold out this share of train as the
+    # validation split that chooses, so the split reported as test never steers the choice (README "Fair comparisons")
+    tune_holdout: float | None = Field(None, gt=0, lt=1)
 
     @field_validator("loader")
     @classmethod
@@ -152,6 +157,9 @@ class CausalTaskSettings(_Section):
     answer_field: str = "answer"
     solution_field: str = "solution"
     validation_share: float = Field(0.1, gt=0, lt=1)
+    # Tuning trials: hold out this share of each evaluated task's training items as its validation split (decoder
+    # tasks have none of their own), so the split reported as test never steers the choice
+    tune_holdout: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _known_sources(self) -> CausalTaskSettings:
@@ -180,7 +188,50 @@ class CausalTaskSettings(_Section):
         elif self.data_files is not None:
             allowed = ["train", *self.evaluate_on, *(["test"] if len(self.evaluate_on) == 1 else [])]
             _check_data_files(self.data_files, allowed=allowed, required=[])
+        untested = [n for n in self.train_on if n not in self.evaluate_on and not SOURCES[n].custom]
+        if self.tune_holdout is not None and untested:
+            raise ValueError(
+                f"task.tune_holdout holds out training items of the evaluated tasks as their validation split, but "
+                f"task {self.suite}/{self.name} trains on {', '.join(untested)}, which it does not evaluate; tune on "
+                f"a task that trains on what it evaluates (math/gsm8k, commonsense/offline, one commonsense/<task>)"
+            )
         return self
+
+
+class TuneSpace(_Section):
+    """A method's search space for the tuning protocol (``experiments/tuning.py``, README "Fair comparisons"): learning
+    rates as multiples of its conventional one (``lr`` on encoder tasks, ``decoder_lr`` on decoder tasks), times a
+    grid of other PEFT options. Not part of a run's identity: only the values a trial sets are."""
+
+    lr_factors: list[float] = Field(min_length=1)
+    peft: dict[str, list[bool | int | float | str]] = {}
+
+    @field_validator("lr_factors")
+    @classmethod
+    def _factors(cls, value: list[float]) -> list[float]:
+        bad = [f for f in value if not (math.isfinite(f) and f > 0)]
+        if bad:
+            raise ValueError(
+                f"method.tune.lr_factors multiplies the method's conventional learning rate: every factor must be a "
+                f"positive number, got {bad[0]!r}"
+            )
+        if len(set(value)) < len(value):
+            raise ValueError(f"method.tune.lr_factors names a factor twice ({value}); list each once")
+        return value
+
+    @field_validator("peft")
+    @classmethod
+    def _options(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values or len(set(map(str, values))) < len(values):
+                raise ValueError(f"method.tune.peft.{key} must list one or more distinct values, got {values!r}")
+            odd = [v for v in values if not NAME_PIECE.fullmatch(str(v))]
+            if odd:
+                raise ValueError(
+                    f"method.tune.peft.{key} values become part of run names: use numbers or plain words, got "
+                    f"{odd[0]!r}"
+                )
+        return value
 
 
 class MethodSettings(BaseModel):
@@ -191,6 +242,7 @@ class MethodSettings(BaseModel):
     decoder_lr: float | None = Field(None, gt=0)
     target_modules: list[str] | None = None
     peft: dict[str, Any] | None = None
+    tune: TuneSpace | None = None  # the search space of the tuning protocol (README "Fair comparisons")
 
 
 class RunSettings(_Section):
@@ -198,6 +250,7 @@ class RunSettings(_Section):
     device: str
     output_dir: str = Field(min_length=1)
     skip_complete: bool
+    skip_failed: bool = False  # a run whose record says it failed (diverged) with these settings is not rerun
     run_name: str = Field(min_length=1)
     model: ModelSettings
     task: ClassificationTaskSettings | CausalTaskSettings
@@ -324,9 +377,24 @@ def _check_compatible(settings: RunSettings) -> None:
 
 def _check_method(settings: RunSettings) -> None:
     """Build the PEFT config now: an unknown option or a refused value costs seconds, not a training run."""
-    from baselines import make_peft_config
+    from baselines import UnknownMethod, make_peft_config
 
     method = settings.method
     targets = method.target_modules or settings.model.target_modules
     task_type = "CAUSAL_LM" if settings.task.kind == "causal" else None
     make_peft_config(method.name, list(targets), None, task_type, **dict(method.peft or {}))
+    searched = method.tune.peft if method.tune else {}
+    if searched and method.peft is None:
+        raise ConfigError(
+            f"method.tune.peft searches adapter options, but method {method.name} has none (its peft is null); drop "
+            f"method.tune.peft."
+        )
+    for key, values in searched.items():  # every point of the search space must be a config the method accepts
+        for value in values:
+            try:
+                make_peft_config(method.name, list(targets), None, task_type, **{**dict(method.peft or {}), key: value})
+            except UnknownMethod as err:
+                reason = str(err).removesuffix(".").removesuffix("; check method.peft")
+                raise ConfigError(
+                    f"method.tune.peft.{key}={value!r} cannot be searched: {reason}; check method.tune.peft."
+                ) from None

@@ -16,9 +16,14 @@ Keys of a spec (and of each entry of its ``tables`` list, which inherits the res
   ``results`` (default the same);
 - ``tables``: several tables from one spec (each needs its own ``out``), e.g. one per task with their own grid,
   overrides and variants;
-- ``smoke``: ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference``) of the variant that runs
-  here on the offline models in minutes; it keeps the spec's ``variants``, ``show_frozen`` and ``run_name``, and
-  writes to ``<name>-smoke``.
+- ``smoke``: ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference`` and ``tune``) of the variant
+  that runs here on the offline models in minutes; it keeps the spec's ``variants``, ``show_frozen`` and ``run_name``
+  (and its ``tune`` options, less their names), and writes to ``<name>-smoke``;
+- ``tune``: options of the tuning protocol (``python -m experiments.reproduce <name> --tune``, README "Fair
+  comparisons"): ``steps`` (per trial; default the table's own budget), ``holdout`` (the share of train held out as
+  the choosing split where a task's test figure is its validation split; default 0.1), ``metric`` (the validation
+  metric that chooses; default each task's first column as ``validation_*``), ``lr_factors`` (instead of every
+  method's own ``method.tune.lr_factors``), ``records`` and ``out`` (default ``<records>-tuned``, ``<out>-tuned``).
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from .tables import Column
 SPECS = Path(__file__).parent / "specs"
 GRID_KEYS = ("model", "task", "method", "seed")
 KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
-KEYS |= {"records", "out", "tables", "smoke"}
+KEYS |= {"records", "out", "tables", "smoke", "tune"}
 VARIANT_KEYS = {"label", "overrides", "methods", "name", "run_name"}
+TUNE_KEYS = {"steps", "holdout", "metric", "lr_factors", "records", "out"}
 
 
 class SpecError(ValueError):
@@ -57,6 +63,18 @@ class Variant:
         return naming.slug(self.label) if self.name is None else self.name
 
 
+@dataclass(frozen=True)
+class TuneOptions:
+    """How a table runs the tuning protocol (``experiments/tune_protocol.py``); the search spaces are the methods'."""
+
+    steps: int | None = None  # steps per trial; None: the table's own budget (a trial is then also a final run)
+    holdout: float = 0.1  # share of train that chooses where a task's test figure is its validation split (GLUE)
+    metric: str | None = None  # the validation metric that chooses; None: each task's first column as validation_*
+    lr_factors: tuple[float, ...] | None = None  # instead of each method's method.tune.lr_factors (smoke grids)
+    records: str | None = None  # folder under results/runs; default <records>-tuned
+    out: str | None = None  # file name under results; default <out>-tuned
+
+
 @dataclass
 class TableSpec:
     name: str
@@ -72,6 +90,8 @@ class TableSpec:
     run_name: str = naming.RUN_NAME
     records: str | None = None  # folder under results/runs; default: the tag
     out: str | None = None  # file name under results (without suffix); default: the tag
+    tune: TuneOptions = field(default_factory=TuneOptions)
+    caption: list[str] = field(default_factory=list)  # lines shown first under the table (what a reader must know)
 
     @property
     def tag(self) -> str:
@@ -84,6 +104,18 @@ class TableSpec:
     @property
     def out_name(self) -> str:
         return self.out or self.tag
+
+    @property
+    def tuned_records_dir(self) -> str:
+        return self.tune.records or f"{self.records_dir}-tuned"
+
+    @property
+    def tuned_out_name(self) -> str:
+        return self.tune.out or f"{self.out_name}-tuned"
+
+    def row_cells(self, variant: str, model: str, method: str) -> dict[str, str]:
+        """Cells a row shows after its keys (a tuned table: the chosen setting); none here."""
+        return {}
 
     def runs(self) -> list[Run]:
         """Every run of the grid, in a stable order: variant, model, task, method, seed."""
@@ -147,6 +179,7 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
         # The smoke variant keeps the table's identity, ablation variants and record names; the rest is its own (no
         # reference numbers unless it names some: published figures are not about the offline models).
         kept = {k: raw[k] for k in ("name", "kind", "variants", "show_frozen", "run_name") if k in raw}
+        kept["tune"] = {k: v for k, v in (raw.get("tune") or {}).items() if k not in ("records", "out")}
         raw = {**kept, "reference": None, **raw["smoke"]}
     parts = raw.pop("tables", None) or [{}]
     raw.pop("smoke", None)
@@ -199,6 +232,7 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
             raise SpecError(f"Table {name}: {err}") from None
     if not raw.get("title"):
         raise SpecError(f"Table {name}: give it a title.")
+    tune = _tune_options(name, raw.get("tune") or {})
     return TableSpec(
         name=name,
         kind=kind,
@@ -213,7 +247,48 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         run_name=template,
         records=raw.get("records"),
         out=raw.get("out"),
+        tune=tune,
     )
+
+
+def _tune_options(table: str | None, raw: dict[str, Any]) -> TuneOptions:
+    """A spec's ``tune`` section, checked: each mistake is one sentence."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"Table {table}: tune takes a mapping of {', '.join(sorted(TUNE_KEYS))}.")
+    unknown = sorted(set(raw) - TUNE_KEYS)
+    if unknown:
+        raise SpecError(
+            f"Table {table}: tune has unknown keys {', '.join(unknown)}; known: {', '.join(sorted(TUNE_KEYS))}."
+        )
+    steps, holdout, metric = raw.get("steps"), raw.get("holdout", 0.1), raw.get("metric")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise SpecError(
+            f"Table {table}: tune.steps is the steps of one trial, a whole number of 1 or more, got {steps!r}."
+        )
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+        raise SpecError(f"Table {table}: tune.holdout is a share of train between 0 and 1, got {holdout!r}.")
+    if metric is not None and not str(metric).startswith("validation_"):
+        raise SpecError(
+            f"Table {table}: tune.metric must be a validation metric (validation_*), got {metric!r}: tuning never "
+            f"chooses on what the table reports."
+        )
+    factors = raw.get("lr_factors")
+    if factors is not None:
+        numbers = (
+            isinstance(factors, list)
+            and factors
+            and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)
+        )
+        if not numbers or len(set(factors)) < len(factors):
+            raise SpecError(
+                f"Table {table}: tune.lr_factors lists distinct positive multiples of each method's learning rate, got "
+                f"{factors!r}."
+            )
+        factors = tuple(float(f) for f in factors)
+    for key in ("records", "out"):
+        if raw.get(key) is not None and not naming.NAME_PIECE.fullmatch(str(raw[key])):
+            raise SpecError(f"Table {table}: tune.{key} may only use letters, digits, '.', '_', '-'.")
+    return TuneOptions(steps, float(holdout), metric, factors, raw.get("records"), raw.get("out"))
 
 
 def _variant(table: str | None, raw: dict[str, Any], methods: list[str]) -> Variant:

@@ -241,6 +241,7 @@ def display_frame(
     shown = []
     for row in rows:
         cells = {key: str(row[key]) for key in keys}
+        cells |= row.get("shown") or {}  # cells a table adds after its keys, e.g. a tuned table's chosen setting
         cells |= {c.label: _cell(row[c.label], row["expected"][c.label]) for c in columns}
         cells["seeds"] = str(len(row["seeds"]))
         params = row["trainable_params"]
@@ -260,7 +261,7 @@ def csv_frame(rows: list[dict[str, Any]], keys: list[str], columns: list[Column]
     """The rows as numbers: each column's mean, std and count over seeds (as recorded, not in %), then the costs."""
     flat = []
     for row in rows:
-        line = {key: row[key] for key in keys}
+        line = {key: row[key] for key in keys} | (row.get("shown") or {})
         for column in columns:
             values = row[column.label]
             mean, std = mean_std(values) if values else (None, None)
@@ -340,7 +341,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-IGNORED_KEYS = {"seed", "run_name", "output_dir", "skip_complete", "device"}
+IGNORED_KEYS = {"seed", "run_name", "output_dir", "skip_complete", "skip_failed", "device"}
 
 
 def setting_labels(records: list[dict[str, Any]]) -> dict[str, str]:
@@ -353,7 +354,7 @@ def setting_labels(records: list[dict[str, Any]]) -> dict[str, str]:
     }
     keys = sorted({k for flat in flats.values() for k in flat} - IGNORED_KEYS)
     differing = [k for k in keys if len({repr(flat.get(k)) for flat in flats.values()}) > 1]
-    differing = [k for k in differing if not k.startswith(("logger.", "train.checkpoint"))]
+    differing = [k for k in differing if not k.startswith(("logger.", "train.checkpoint", "method.tune."))]
     labels = {sid: ", ".join(f"{k.split('.')[-1]}={flat.get(k)}" for k in differing[:3]) for sid, flat in flats.items()}
     # Settings that differ only beyond the keys shown must still never share a row: their ids tell them apart.
     shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}

@@ -57,6 +57,7 @@ class Tracker:
             "frozen_factor_values",
             "total_params",
             "median_rank",
+            "learning_rate",  # what a tuned table's "chosen lr" column shows for the run
             *sorted(metrics),
         ]
         summary = wandb.Table(
@@ -71,6 +72,7 @@ class Tracker:
                     record.get("frozen_factor_values"),
                     record["total_params"],
                     record["median_rank"],
+                    record.get("learning_rate"),
                     *[metrics[k] for k in sorted(metrics)],
                 ]
             ],
@@ -81,3 +83,19 @@ class Tracker:
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()
+
+
+def log_tables(logger_cfg: Mapping[str, Any], name: str, frames: Mapping[str, Any], caption: list[str]) -> None:
+    """A rendered table as its own W&B run, named after the table: each pandas frame as a ``wandb.Table`` (a tuned
+    table's ``summary`` with its chosen setting, and its ``tuning`` trials); the title and caption as its notes."""
+    tracker = Tracker(logger_cfg, name, {"table": name, "caption": caption})
+    if tracker.run is None:
+        return
+    import wandb
+
+    tracker.run.notes = "\n".join(caption)
+    tracker.run.log(
+        {key: wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None)) for key, frame in frames.items()}
+    )
+    tracker.run.summary.update({"caption": "\n".join(caption)})
+    tracker.finish()

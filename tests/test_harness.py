@@ -182,6 +182,10 @@ def test_wandb_offline_tables(tmp_path, glue_fixture, monkeypatch):
         "total_params",
         "median_rank",
     ]
+    assert (
+        tables["summary"]["columns"][8] == "learning_rate"
+        and tables["summary"]["data"][0][8] == record["learning_rate"]
+    )
     assert tables["summary"]["data"][0][:3] == ["tera", "glue/sst2", "tiny"]
     assert tables["summary"]["data"][0][5] == record["frozen_factor_values"] > 0  # TeRA's shared factors
 

@@ -512,6 +512,8 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
         return bigbench_cache[src.name]
 
     eval_names = list(task["evaluate_on"])
+    validation: dict[str, list[Item]] = {}  # tuning trials only: items held out of train (task.tune_holdout)
+    notes: list[str] = []
     for name in task["train_on"]:
         src = source(name)
         if "train" in files:
@@ -532,7 +534,11 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
                 )
                 warnings.warn(f"{name} train: {where}", stacklevel=1)
         provenance[f"train/{name}"] = where
-        train_rows += [training_example(item) for item in convert_rows(src, rows, where)]
+        items = convert_rows(src, rows, where)
+        if task.get("tune_holdout") and name in eval_names:
+            items, held = tune_holdout(task, name, items, where, provenance, notes)
+            validation[name] = _with_ids(name, held)
+        train_rows += [training_example(item) for item in items]
 
     for name in eval_names:
         src = source(name)
@@ -551,7 +557,25 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
             rows, where = _load_hub_split(src, src.eval_split), f"hub {src.hub_path} {src.eval_split}"
         provenance[f"eval/{name}"] = where
         evaluation[name] = _with_ids(name, convert_rows(src, rows, where))
-    return DecoderData(train_rows, evaluation, {n: source(n).kind for n in eval_names}, provenance)
+    kinds = {n: source(n).kind for n in eval_names}
+    return DecoderData(train_rows, evaluation, kinds, provenance, validation=validation, notes=notes)
+
+
+def tune_holdout(
+    task: Mapping[str, Any], name: str, items: list[Item], where: str, provenance: dict[str, str], notes: list[str]
+) -> tuple[list[Item], list[Item]]:
+    """A tuning trial's validation items: ``task.tune_holdout`` of what ``name`` trains on, held out of training;
+    the evaluated (test) items stay what the task reports, so they never steer the choice."""
+    share, split_seed = float(task["tune_holdout"]), int(task.get("split_seed") or 0)
+    if len(items) < 2:
+        raise DataUnavailable(f"{where} has {len(items)} item(s), too few to hold out a tuning split from.")
+    kept, held = carve(items, share, split_seed)
+    provenance[f"validation/{name}"] = f"{len(held)} items held out of {where} for tuning (task.tune_holdout={share:g})"
+    notes.append(
+        f"validation ({name}): {len(held)} of the {len(items)} training items, held out with task.tune_holdout="
+        f"{share:g} and task.split_seed={split_seed} for tuning; the reported test items never choose"
+    )
+    return kept, held
 
 
 def decoder_task_sources(task: Mapping[str, Any]) -> list[str | Path]:
@@ -625,12 +649,16 @@ def _load_custom(task: Mapping[str, Any], src: Source) -> DecoderData:
     else:
         provenance[f"eval/{name}"] = f"local file {files['test']}"
     reason = "no test file was given" if test is None else None
+    beside = {name: _with_ids(name, validation)} if test is not None and validation is not None else {}
+    if task.get("tune_holdout"):  # after the evaluated split is set apart: the held-out items are never test items
+        train, held = tune_holdout(task, name, train, f"local file {files['train']}", provenance, notes)
+        beside = {name: _with_ids(name, held)}
     return DecoderData(
         train=[training_example(item) for item in train],
         evaluation={name: _with_ids(name, test if test is not None else validation)},
         kinds={name: src.kind},
         provenance=provenance,
-        validation={name: _with_ids(name, validation)} if test is not None and validation is not None else {},
+        validation=beside,
         test_is_validation=test is None,
         test_is_validation_reason=reason,
         validation_carved=carved,

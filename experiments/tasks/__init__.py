@@ -257,6 +257,25 @@ def _class_warnings(data: TaskData) -> list[str]:
     return []
 
 
+def _tune_holdout(
+    task: Mapping[str, Any], rows: list[dict], train: list[Example], test: list[Example], notes: list[str]
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """A tuning trial's splits: ``task.tune_holdout`` of what train keeps becomes the validation split that chooses;
+    the test figure stays the split the task reports (GLUE: its validation split), so it never steers the choice."""
+    share, split_seed = float(task["tune_holdout"]), int(task.get("split_seed") or 0)
+    if len(train) < 2:
+        raise DataUnavailable(
+            f"{_source(rows, 'The train split')} has {len(train)} row(s), too few to hold out a tuning split from."
+        )
+    total = len(train)
+    train, holdout = carve(train, share, split_seed)
+    notes.append(
+        f"validation: {len(holdout)} of the {total} train rows, held out with task.tune_holdout={share:g} and "
+        f"task.split_seed={split_seed} for tuning; the reported test split ({len(test)} rows) never chooses"
+    )
+    return train, holdout, {"share": share, "seed": split_seed, "rows": len(holdout), "of": total, "tuning": True}
+
+
 def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
     """Load a task from its config (``conf/task/...``): local ``data_files`` when given, else its default source.
 
@@ -309,12 +328,14 @@ def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
             if test_name
             else "task.test_split is null, as for GLUE, whose test labels are hidden"
         )
+    if task.get("tune_holdout"):
+        train, validation, carved = _tune_holdout(task, rows["train"], train, test, notes)
     data = TaskData(
         train=train,
         validation=validation,
         test=test,
         test_is_validation=test is validation,
-        test_is_validation_reason=reason,
+        test_is_validation_reason=reason if test is validation else None,
         num_labels=num_labels,
         label_map=label_map,
         metrics=metrics,
