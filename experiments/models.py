@@ -40,11 +40,12 @@ def load_minilm_classifier(num_labels: int = 2):
     return model, tokenizer
 
 
-def tiny_classifier(num_labels: int = 2, seed: int = 0):
-    """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer: for tests and smoke runs."""
+def tiny_classifier(num_labels: int = 2, seed: int = 0, tokenizer_path: str | Path | None = None):
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer (or the one in ``tokenizer_path``): for
+    tests and smoke runs."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or minilm_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -71,8 +72,8 @@ def minilm(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, d
 
 
 def tiny(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
-    """``loader`` of ``model=tiny``."""
-    return tiny_classifier(num_labels or 2, seed)
+    """``loader`` of ``model=tiny``; ``model.path``, when set, is a folder with the tokenizer to use."""
+    return tiny_classifier(num_labels or 2, seed, model_cfg.get("path"))
 
 
 def hub_classifier(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):

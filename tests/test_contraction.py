@@ -6,9 +6,8 @@ import torch
 from tera.contraction import delta_weight, factorised_delta, merged_linear
 from tera.cost import FACTORISED, MERGED, choose_path
 from tera.factors import generate_factors
+from tera.reference import reference_delta, reference_linear
 from tera.tensorize import plan_for_weight
-
-from .tera_reference import reference_delta, reference_linear
 
 PLANS = [
     dict(d_out=12, d_in=12, tensor_order=2, core_rank_ratio=1.0),

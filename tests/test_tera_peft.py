@@ -18,9 +18,9 @@ from tera import SharedFactorsMismatch, TensorisationError, TeraConfig, TeraLaye
 from tera.analysis import adapter_report, frozen_factor_values
 from tera.factors import generate_factors
 from tera.layer import factor_group
+from tera.reference import reference_delta
 from tera.tensorize import plan_for_weight
 
-from .tera_reference import reference_delta
 from .toy_models import TOY_TARGETS, ToyClassifier, ToyMLP, tiny_llama, tiny_roberta
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]

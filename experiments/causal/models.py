@@ -73,11 +73,12 @@ def _finish_tokenizer(tokenizer):
     return tokenizer
 
 
-def tiny_llama(seed: int = 0):
-    """A 2-layer, 64-wide LLaMA with random weights and SmolLM2's tokenizer: for tests and smoke runs."""
+def tiny_llama(seed: int = 0, tokenizer_path: str | Path | None = None):
+    """A 2-layer, 64-wide LLaMA with random weights and SmolLM2's tokenizer (or the one in ``tokenizer_path``): for
+    tests and smoke runs."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(smollm2_path()))
+    tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(tokenizer_path or smollm2_path()))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -95,8 +96,8 @@ def tiny_llama(seed: int = 0):
 
 
 def tiny(model_cfg: Mapping[str, Any], *, seed: int, device: torch.device, num_labels: int | None = None):
-    """``loader`` of ``model=tiny-llama``."""
-    return tiny_llama(seed)
+    """``loader`` of ``model=tiny-llama``; ``model.path``, when set, is a folder with the tokenizer to use."""
+    return tiny_llama(seed, model_cfg.get("path"))
 
 
 def smollm2(model_cfg: Mapping[str, Any], *, seed: int, device: torch.device, num_labels: int | None = None):

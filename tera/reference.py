@@ -1,4 +1,7 @@
-"""A plain float64 reference of TeRA, written independently of tera.contraction (Kronecker products, no chain)."""
+"""A plain float64 reference of TeRA, written independently of tera.contraction (Kronecker products, no chain).
+
+The oracle of the tests and of the GPU check (experiments/benchmarks/gpu_check.py); far too slow for training.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from functools import reduce
 
 import torch
 
-from tera.tensorize import TensorPlan
+from .tensorize import TensorPlan
 
 
 def reference_delta(plan: TensorPlan, core, factors, lambdas, placement: str, scale: float) -> torch.Tensor:
