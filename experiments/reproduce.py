@@ -79,10 +79,9 @@ def commands(specs: list[TableSpec], results: Path, launcher: str, extra: list[s
     return unique
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", help=f"one of: {', '.join(available())}")
-    parser.add_argument("--smoke", action="store_true", help="the spec's offline variant")
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every way of running tables takes (this module's and ``experiments.compare``'s)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--launcher", choices=LAUNCHERS, default="basic", help="basic = sequential, here")
     parser.add_argument("--render-only", action="store_true", help="render from existing records, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -90,17 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         "--tune", action="store_true", help="each method at its own best setting, chosen on validation (README)"
     )
     parser.add_argument("--results", type=Path, default=ROOT / "results")
-    parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run (after --)")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Everything after ``--`` is Hydra overrides, wherever the options are (``table3 --launcher slurm -- a=1``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after `--` is Hydra overrides, wherever the options are (`table3 --launcher slurm -- a=1`).
     after = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.extra = [*args.extra, *after]
-    try:
-        specs = load_tables(args.table, smoke=args.smoke)
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return args
+
+
+def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> int:
+    """Run (or with ``--tune``, tune) the grids of ``specs``, skipping finished runs, and render them."""
     started = time.perf_counter()
     if args.tune:
         from . import tune_protocol
@@ -108,17 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         accuracy = [spec for spec in specs if spec.kind == "accuracy"]
         if not accuracy:
             print(
-                f"error: {args.table} has no accuracy table to tune (table 1 measures, it does not train).",
-                file=sys.stderr,
+                f"error: {label} has no accuracy table to tune (table 1 measures, it does not train).", file=sys.stderr
             )
             return 2
         status = tune_protocol.run(accuracy, args.results, args.launcher, args.extra, args.dry_run, args.render_only)
         if status == 0 and not args.dry_run:
             folders = ", ".join(sorted({str(args.results / "runs" / s.tuned_records_dir) for s in accuracy}))
-            print(
-                f"{args.table}{'-smoke' if args.smoke else ''} tuned: {time.perf_counter() - started:.0f} s; "
-                f"records in {folders}"
-            )
+            print(f"{label} tuned: {time.perf_counter() - started:.0f} s; records in {folders}")
         return status
     if not args.render_only:
         for spec in (s for s in specs if s.kind == "properties"):
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if subprocess.run(command, cwd=ROOT).returncode != 0:
                 print(
-                    f"error: a run of {args.table} failed; fix it and run the same command again (finished runs are "
+                    f"error: a run of {label} failed; fix it and run the same command again (finished runs are "
                     f"skipped).",
                     file=sys.stderr,
                 )
@@ -147,8 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         print(render(spec, args.results))
     folders = ", ".join(sorted({str(args.results / "runs" / spec.records_dir) for spec in specs}))
-    print(f"{args.table}{'-smoke' if args.smoke else ''}: {time.perf_counter() - started:.0f} s; records in {folders}")
+    print(f"{label}: {time.perf_counter() - started:.0f} s; records in {folders}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__doc__.splitlines()[0])
+    options.add_argument("table", help=f"one of: {', '.join(available())}")
+    options.add_argument("--smoke", action="store_true", help="the spec's offline variant")
+    options.add_argument("extra", nargs="*", help="extra Hydra overrides for every run (after --)")
+    args = parse(options, argv)
+    try:
+        specs = load_tables(args.table, smoke=args.smoke)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_tables(specs, f"{args.table}{'-smoke' if args.smoke else ''}", args)
 
 
 if __name__ == "__main__":

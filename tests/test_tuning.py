@@ -308,6 +308,21 @@ def test_a_bad_search_space_or_tune_section_is_one_sentence(tmp_path, capsys):
     assert reproduce_main(["table1", "--tune", "--dry-run"]) == 2
 
 
+def test_a_comparison_from_run_py_overrides_goes_the_same_way(capsys, tmp_path):
+    from experiments.compare import comparison
+    from experiments.compare import main as compare_main
+
+    spec = comparison(["model=tiny", "method=tera,lora", "seed=0,1", "train.max_steps=2"])
+    assert spec.grid == {"model": ["tiny"], "task": ["sentiment/tweets"], "method": ["tera", "lora"], "seed": [0, 1]}
+    assert spec.overrides == ["train.max_steps=2"] and spec.columns[0].metric == "test_accuracy"
+    argv = ["model=tiny", "method=tera,lora", "train.max_steps=2", "--tune", "--dry-run", "--results", str(tmp_path)]
+    assert compare_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "method=tera seed=0 train.max_steps=2 method.lr=0.005,0.02,0.08" in printed
+    assert compare_main(["model=tiny-llama", "task=math/gsm8k", "--tune", "--dry-run"]) == 2
+    assert "name the reported metric with --metric" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 
