@@ -129,7 +129,7 @@ def tuning_curves(cells: list[Any], title: str, out: Path) -> Path | None:
     method (and per value of any other option searched), one panel per model and task; the chosen setting is a star,
     a trial that diverged a cross on the lower edge."""
     tuned = [c for c in cells if c.trials]
-    if not tuned:
+    if not any(t.status != "missing" for c in tuned for t in c.trials):
         return None
     panels = list(dict.fromkeys((c.variant, c.model, c.task) for c in tuned))
     columns = min(len(panels), 3)
@@ -164,7 +164,8 @@ def tuning_curves(cells: list[Any], title: str, out: Path) -> Path | None:
         ax.set_ylabel(f"{members[0].metric} (%)")
         ax.set_title(", ".join(p for p in panel if p), fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(textwrap.fill(f"Tuning trials: {title} (star: chosen; x: diverged)", 90), fontsize=10)

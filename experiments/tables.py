@@ -215,7 +215,7 @@ def summarise(frame: pd.DataFrame, keys: list[str], columns: list[Column]) -> li
 # --- rendering --------------------------------------------------------------------------------------------------
 
 
-def _cell(values: list[float], expected: int) -> str:
+def cell_text(values: list[float], expected: int) -> str:
     if not values:
         return "missing"
     mean, std = mean_std(values)
@@ -242,7 +242,7 @@ def display_frame(
     for row in rows:
         cells = {key: str(row[key]) for key in keys}
         cells |= row.get("shown") or {}  # cells a table adds after its keys, e.g. a tuned table's chosen setting
-        cells |= {c.label: _cell(row[c.label], row["expected"][c.label]) for c in columns}
+        cells |= {c.label: cell_text(row[c.label], row["expected"][c.label]) for c in columns}
         cells["seeds"] = str(len(row["seeds"]))
         params = row["trainable_params"]
         cells["trainable params"] = "missing" if params is None else f"{params:,}"

@@ -83,12 +83,32 @@ class TunedTable(TableSpec):
     planned: list[tuple[Variant, str, str, str, int]] = field(default_factory=list)
     chosen: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (variant, model, method) -> shown text
     chosen_label: str = "chosen lr"
+    conventional: dict[tuple[str, str, str], str] = field(default_factory=dict)  # the untuned table's main cell
+    conventional_label: str = ""
 
     def runs(self) -> list[Run]:
         return [Run(self, *planned) for planned in self.planned]
 
     def row_cells(self, variant: str, model: str, method: str) -> dict[str, str]:
-        return {self.chosen_label: self.chosen.get((variant, model, method), "—")}
+        cells = {self.chosen_label: self.chosen.get((variant, model, method), "—")}
+        if self.conventional:
+            cells[self.conventional_label] = self.conventional.get((variant, model, method), "—")
+        return cells
+
+
+def conventional_cells(spec: TableSpec, results: Path) -> tuple[str, dict[tuple[str, str, str], str]]:
+    """The same table at the conventional rates, where its records exist: each row's main column (the reference column
+    or the last), to show beside the tuned figure. Empty when there are none."""
+    from .paper_tables import accuracy_rows
+    from .tables import cell_text, read_records
+
+    folder = results / "runs" / spec.records_dir
+    if not folder.is_dir():
+        return "", {}
+    main = spec.reference["column"] if spec.reference else spec.columns[-1].label
+    rows = accuracy_rows(spec, read_records(folder, warn=False))
+    cells = {(r["variant"], r["model"], r["method"]): cell_text(r[main], r["expected"][main]) for r in rows if r[main]}
+    return f"{main} at conventional lr", cells
 
 
 def _key(override: str) -> str:
@@ -345,6 +365,7 @@ def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: P
     from .reproduce import render as render_table
 
     table = final_table(spec, plans, found)
+    table.conventional_label, table.conventional = conventional_cells(spec, results)
     markdown = render_table(table, results)
     out = results / table.out_name
     write_report(results / f"{table.out_name}-tuning", spec.title, found, table.caption[0])

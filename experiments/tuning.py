@@ -176,10 +176,11 @@ def budget_note(cells: list[Cell], seeds: list[int]) -> str:
         budget = f"with the same budget: {next(iter(counts.values()))} trials"
     else:
         budget = f"with unequal budgets: {', '.join(f'{m} {n}' for m, n in counts.items())} trials"
+    length = f"{'/'.join(map(str, steps))} steps" if steps else "the table's steps"
     text = (
         f"Tuned: each method was tuned on validation ({metrics}) {budget} on a log grid of learning rates ({grid} its "
-        f"conventional rate), {'/'.join(map(str, steps)) or 'the same'} steps each, seed {seeds[0]}; the chosen "
-        f"setting then ran for seeds {', '.join(map(str, seeds))} and is reported on test."
+        f"conventional rate), {length} each, seed {seeds[0]}; the chosen setting then ran for seeds "
+        f"{', '.join(map(str, seeds))} and is reported on test."
     )
     holdouts = sorted({c.task for c in tuned if c.holdout})
     if holdouts:

@@ -228,13 +228,18 @@ def test_the_tuned_table_shows_the_chosen_rate_states_the_budget_and_plots_every
             0.88,
             0.8,
         )
+    for seed in (0, 1):  # the same table at the conventional rates, beside the tuned one
+        conventional = tmp_path / "runs" / spec.records_dir
+        _record(conventional, f"lora-sentiment-tweets-tiny-s{seed}", "lora", seed, 4e-4, 0.5, 0.55)
     found = tune_protocol.cells(plans, folder)
     assert [c.chosen.setting.lr for c in found] == [0.0016, 0.02]
     markdown = tune_protocol.render(spec, plans, found, tmp_path, [])
     assert "each method at its chosen learning rate" in markdown.splitlines()[0]
     head, *rows = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert [c.strip() for c in head.split("|")[1:4]] == ["model", "method", "chosen lr"]
-    assert "| lora     |      0.0016 |" in markdown and "|        0.02 |" in markdown
+    names = ["model", "method", "chosen lr", "test accuracy at conventional lr", "test accuracy"]
+    assert [c.strip() for c in head.split("|")[1:6]] == names
+    assert "| lora     |      0.0016 |                       55.00 ± 0.00 |" in markdown
+    assert "| tera     |        0.02 |                                  — |" in markdown
     assert markdown.count("70.00 ± 14.14") == 2  # seed 0 is the chosen trial (test 60), not the best on test (95)
     assert "Tuned: each method was tuned on validation (validation_accuracy) with the same budget: 3 trials" in markdown
     assert "x0.25, x1, x4 its conventional rate), 2 steps each, seed 0" in markdown
