@@ -79,3 +79,11 @@ def test_auto_under_non_reentrant_checkpointing_matches_plain_backward():
     ckpt = torch.autograd.grad(out.sum(), [p for p in model.parameters() if p.requires_grad])
     for got, want in zip(ckpt, plain):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_timing_leaves_the_global_random_stream_alone():
+    model = _model()
+    x = torch.randn(4, 16)
+    state = torch.get_rng_state()
+    model(x).sum().backward()
+    assert autotune.choices() and torch.equal(torch.get_rng_state(), state)
