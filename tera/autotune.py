@@ -27,6 +27,8 @@ from .tensorize import TensorPlan
 
 ENV_SWITCH = "TERA_AUTOTUNE"
 TIMED_REPEATS = 5  # per path, after one warm-up call each; the paths alternate so drifts hit both alike
+CLOSE_CALL = 1.15  # medians closer than this factor get CLOSE_CALL_REPEATS more calls each before the choice
+CLOSE_CALL_REPEATS = 15
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,21 @@ def _sync(device: torch.device) -> None:
 def _time_paths(runners: dict[str, Callable[[], None]], device: torch.device) -> dict[str, float]:
     times: dict[str, list[float]] = {path: [] for path in runners}
     order = list(runners)
-    for repeat in range(TIMED_REPEATS + 1):
-        for path in order if repeat % 2 else reversed(order):
-            _sync(device)
-            start = time.perf_counter()
-            runners[path]()
-            _sync(device)
-            if repeat:  # the first round warms caches and kernels up
-                times[path].append(time.perf_counter() - start)
+
+    def rounds(count: int, warm_up: bool) -> None:
+        for repeat in range(count + warm_up):
+            for path in order if repeat % 2 else reversed(order):
+                _sync(device)
+                start = time.perf_counter()
+                runners[path]()
+                _sync(device)
+                if repeat or not warm_up:  # the first round warms caches and kernels up
+                    times[path].append(time.perf_counter() - start)
+
+    rounds(TIMED_REPEATS, warm_up=True)
+    medians = sorted(statistics.median(values) for values in times.values())
+    if medians[-1] < CLOSE_CALL * medians[0]:  # a close call: more repeats, so noise does not decide it
+        rounds(CLOSE_CALL_REPEATS, warm_up=False)
     return {path: 1000 * statistics.median(values) for path, values in times.items()}
 
 
