@@ -195,9 +195,19 @@ class _MergedLinear(torch.autograd.Function):
 
 
 def _merged_weight(plan, weight, core, factors, lambdas, placement, scale) -> torch.Tensor:
-    """``W + dW`` in the weight's dtype, the scale folded into the add."""
-    delta = materialise(plan, core, scaled_factors(factors, lambdas, placement))
-    return torch.add(weight, delta.to(weight.dtype), alpha=scale)
+    """``W + dW`` in the weight's dtype: the chain's last mode product adds into ``W`` itself (one ``addmm``, whose
+    output is laid out as ``W``), so no separate ``dW`` is written and read back."""
+    mats = scaled_factors(factors, lambdas, placement)
+    if core.dtype != weight.dtype:
+        return torch.add(weight, materialise(plan, core, mats).to(weight.dtype), alpha=scale)
+    shape = list(core.shape)
+    tensor = core
+    for mode, mat in enumerate(mats[:-1]):
+        tensor = mode_product(tensor, shape, mode, mat)
+    last = plan.modes[-1]
+    rows = weight.numel() // last
+    merged = torch.addmm(weight.reshape(rows, last), tensor.reshape(rows, shape[-1]), mats[-1].t(), alpha=scale)
+    return merged.reshape(plan.d_out, plan.d_in)
 
 
 def _autograd_lambda_grads(plan, x2, g2, core, factors, lambdas, placement, scale) -> list[torch.Tensor]:
