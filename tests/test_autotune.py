@@ -11,7 +11,8 @@ from .toy_models import TOY_TARGETS, ToyMLP
 
 
 @pytest.fixture(autouse=True)
-def fresh_choices():
+def fresh_choices(monkeypatch):
+    monkeypatch.setenv(autotune.ENV_SWITCH, "1")  # conftest turns timing off for every other test
     autotune.reset()
     yield
     autotune.reset()

@@ -124,7 +124,8 @@ def test_measurement_notes_flag_a_busy_machine_and_a_wide_spread():
 
 
 @pytest.mark.slow
-def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path):
+def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TERA_AUTOTUNE", "1")  # the worker processes inherit it: TeRA's auto path is timed
     preset = dict(TINY, methods=["base", "lora", "tera", {"name": "broken", "method": "lora", "peft": {"r": -1}}])
     record = efficiency.run_all(preset, tmp_path, tmp_path / "eff.md")
     rows = {r["method"]: r for r in record["rows"]}
