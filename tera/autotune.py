@@ -91,28 +91,31 @@ def _time_paths(runners: dict[str, Callable[[], None]], device: torch.device) ->
     return {path: 1000 * statistics.median(values) for path, values in times.items()}
 
 
-def pick_path(
-    plan: TensorPlan,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    core: torch.Tensor,
-    factors: Sequence[torch.Tensor],
-    lambdas: Sequence[torch.Tensor],
-    placement: str,
-    scale: float,
-    training: bool,
-) -> str:
-    """The faster path for this call, timed on first use of its kind (see the module docstring)."""
+def _key(plan: TensorPlan, x: torch.Tensor, placement: str, training: bool) -> tuple:
     tokens = x.numel() // x.shape[-1]
-    key = (plan.key, placement, token_bucket(tokens), x.dtype, str(x.device), training)
+    return (plan.key, placement, token_bucket(tokens), x.dtype, str(x.device), training)
+
+
+Operands = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Sequence[torch.Tensor], Sequence[torch.Tensor], float]
+
+
+def pick_path(
+    plan: TensorPlan, x: torch.Tensor, placement: str, training: bool, operands: Callable[[], Operands]
+) -> str:
+    """The faster path for this call, timed on first use of its kind (see the module docstring).
+
+    ``operands()`` gives (weight, bias, core, factors, lambdas, scale) as the layer's forward uses them; it is called
+    only when a timing is due, so a decided call costs one dictionary lookup.
+    """
+    key = _key(plan, x, placement, training)
     known = _CHOICES.get(key)
     if known is not None:
         return known.path
     if not _timing_possible(x):
         # Not cached: a later call that can be timed still decides for good.
-        return choose_path(plan, tokens, training, x.device.type, x.element_size())
+        return choose_path(plan, x.numel() // x.shape[-1], training, x.device.type, x.element_size())
 
+    weight, bias, core, factors, lambdas, scale = operands()
     x_in = x.detach().requires_grad_(training and x.requires_grad)
     leaves = [lam.detach().requires_grad_(training) for lam in lambdas]
     # Values do not matter for timing; ones leave the global random stream untouched.

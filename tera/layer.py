@@ -139,20 +139,14 @@ class TeraLayer(BaseTunerLayer):
         if forced != "auto":
             return forced
         training = torch.is_grad_enabled() and self.tera_lambda[adapter_name].requires_grad
-        base = self.get_base_layer()
-        core, factors = self.shared_factors(adapter_name, x.dtype, x.device)
-        return pick_path(
-            self.tera_plan[adapter_name],
-            x,
-            base.weight,
-            base.bias,
-            core,
-            factors,
-            self.lambdas(adapter_name),
-            self.tera_placement[adapter_name],
-            self.tera_scaling[adapter_name],
-            training,
-        )
+
+        def operands():
+            base = self.get_base_layer()
+            core, factors = self.shared_factors(adapter_name, x.dtype, x.device)
+            scale = self.tera_scaling[adapter_name]
+            return base.weight, base.bias, core, factors, self.lambdas(adapter_name), scale
+
+        return pick_path(self.tera_plan[adapter_name], x, self.tera_placement[adapter_name], training, operands)
 
 
 class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
