@@ -151,6 +151,18 @@ class Cell:
         return any(t.status == "missing" for t in self.trials)
 
     @property
+    def edge(self) -> str | None:
+        """``"top"`` or ``"bottom"`` when the chosen rate is the grid's highest or lowest (of two or more): the best
+        rate may lie beyond the grid, so the comparison is only as fair as the grid is wide."""
+        chosen = self.chosen if self.trials else None
+        factors = sorted({t.setting.factor for t in self.trials})
+        if chosen is None or len(factors) < 2:
+            return None
+        if chosen.setting.factor == factors[-1]:
+            return "top"
+        return "bottom" if chosen.setting.factor == factors[0] else None
+
+    @property
     def state(self) -> str:
         """``not tuned`` (no trials: e.g. a zero-step row), ``trials missing``, ``no usable trial`` (each diverged or
         lacks the metric: widen or lower the grid) or ``chosen``."""
@@ -182,6 +194,12 @@ def budget_note(cells: list[Cell], seeds: list[int]) -> str:
         f"conventional rate), {length} each, seed {seeds[0]}; the chosen setting then ran for seeds "
         f"{', '.join(map(str, seeds))} and is reported on test."
     )
+    edges = [f"{c.method} ({c.edge})" for c in tuned if c.edge]
+    if edges:
+        text += (
+            f" Chosen at the edge of the grid, so the best rate may lie beyond it (widen tune.lr_factors): "
+            f"{', '.join(edges)}."
+        )
     holdouts = sorted({c.task for c in tuned if c.holdout})
     if holdouts:
         share = next(c.holdout for c in tuned if c.holdout)

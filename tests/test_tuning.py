@@ -21,7 +21,7 @@ from experiments.reproduce import main as reproduce_main
 from experiments.schema import validate
 from experiments.specs import SpecError, load_tables, parse_spec
 from experiments.tasks import load_task
-from experiments.tuning import Cell, Setting, Trial, TuningError, choose, search_space
+from experiments.tuning import Cell, Setting, Trial, TuningError, budget_note, choose, search_space
 
 from .helpers import cli, compose, last_error, options
 
@@ -348,3 +348,20 @@ def test_the_smoke_protocol_runs_trials_chooses_and_reports_finals(tmp_path):
     assert all(c["chosen"] for c in report["cells"]) and all(len(c["trials"]) == 2 for c in report["cells"])
     proc = cli("model=tiny", "method.tune.lr_factors=[-1]")
     assert proc.returncode == 2 and last_error(proc).startswith("error: method.tune.lr_factors multiplies")
+
+
+def test_a_choice_at_the_edge_of_the_grid_is_said_in_the_caption():
+    top = Cell("", "m", "t", "lora", "validation_accuracy", [_trial(1e-4, 0.25, 0.7, 0), _trial(1.6e-3, 4, 0.9, 0)])
+    inside = Cell(
+        "",
+        "m",
+        "t",
+        "tera",
+        "validation_accuracy",
+        [_trial(5e-3, 0.25, 0.7, 0), _trial(2e-2, 1, 0.9, 0), _trial(8e-2, 4, 0.8, 0)],
+    )
+    bottom = Cell("", "m", "t", "vera", "validation_accuracy", [_trial(1e-3, 0.25, 0.9, 0), _trial(4e-3, 1, 0.5, 0)])
+    assert (top.edge, inside.edge, bottom.edge) == ("top", None, "bottom")
+    note = budget_note([top, inside, bottom], [0, 1, 2])
+    assert "Chosen at the edge of the grid, so the best rate may lie beyond it (widen tune.lr_factors): " in note
+    assert note.endswith("lora (top), vera (bottom).")
