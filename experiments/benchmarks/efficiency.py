@@ -215,8 +215,6 @@ class MethodBench:
 
 def _auto_paths() -> dict[str, str]:
     """What TeRA's forward_path=auto chose in this process and from which timings (empty for other methods)."""
-    import sys
-
     autotune = sys.modules.get("tera.autotune")
     if autotune is None:
         return {}
@@ -649,7 +647,7 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
             f"error: preset {preset['name']!r} needs a CUDA GPU; use the cpu-small preset on this machine."
         )
     names = [method_spec(e)["name"] for e in preset["methods"] if methods is None or method_spec(e)["name"] in methods]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = child_env()
     load_before = os.getloadavg()[0]
     failed: dict[str, str] = {}
     rows: dict[str, dict[str, Any]] = {}
@@ -706,6 +704,11 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render(record))
     return record
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the project root first on PYTHONPATH: what a child process of the suite needs."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
 def _entry(preset: dict[str, Any], name: str) -> str | dict[str, Any]:

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from experiments.benchmarks import efficiency
+
 ROOT = Path(__file__).resolve().parents[2]
 CARRY = ROOT / ".gpu-check"  # made by --prepare: wheels/ and tokenizers/{minilm,smollm2}
 # What run.py needs beyond torch, transformers and peft (pinned to what pyproject.toml installs here).
@@ -167,7 +169,7 @@ def run_training(device: str, work: Path, tiny: bool) -> list[dict[str, Any]]:
     rows = []
     for kind, command in training_commands(device, data, work / "runs", tiny).items():
         start = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_child_env())
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=efficiency.child_env())
         wall = time.perf_counter() - start
         records = sorted((work / "runs").glob(f"tera-*{'tiny-llama' if kind == 'decoder' else 'tiny-s'}*.json"))
         record = json.loads(records[-1].read_text()) if records else {}
@@ -196,13 +198,7 @@ def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def _child_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-
-
 def run_efficiency(tiny: bool, out: Path) -> dict[str, Any]:
-    from experiments.benchmarks import efficiency
-
     preset = efficiency.load_preset("tiny" if tiny else "llama2-7b")
     report = out / f"efficiency-{preset['name']}.md"
     record = efficiency.run_all(preset, out, report)
