@@ -77,7 +77,15 @@ class TeraConfig(PeftConfig):
         forward_path (`str`, defaults to `"auto"`):
             ``"factorised"`` contracts the input through the factors (cheap for shrunk cores and few tokens),
             ``"merged"`` builds ``W + dW`` and runs one matmul with a custom backward (cheap for full cores and many
-            tokens); ``"auto"`` picks per layer and call from the shapes and token count.
+            tokens); ``"auto"`` times both on first use per layer shape and token count and keeps the faster.
+        cache_merged_weight (`bool`, defaults to `False`):
+            Trade memory for speed: each adapted layer keeps ``W + dW`` (one extra weight-sized tensor per layer,
+            alive between steps) and rebuilds it only when the lambdas, the weight or the factors change, i.e. once
+            per optimizer step.  The merged path then builds ``dW`` once per step instead of twice per micro-batch
+            (forward, and backward's recompute), and unmerged inference pays nothing after the first call.  Full
+            fine-tuning keeps three weight-sized tensors per layer (gradient, two AdamW moments); this keeps one.
+            Changes made through ``.data`` are invisible to it: call ``release_merged_cache()`` on the model after
+            such edits.  Not combinable with ``forward_path="factorised"``.
         modules_to_save (`list[str]`, *optional*):
             Modules besides the TeRA layers to train and save, e.g. a classifier head.
         layers_to_transform (`Union[list[int], int]`, *optional*):
@@ -111,6 +119,9 @@ class TeraConfig(PeftConfig):
         default_factory=dict, metadata={"help": "Digest per tensor plan of the regenerated shared factors."}
     )
     forward_path: str = field(default="auto", metadata={"help": "'auto', 'factorised' or 'merged'."})
+    cache_merged_weight: bool = field(
+        default=False, metadata={"help": "Keep W + dW per layer between optimizer steps (memory for speed)."}
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules besides TeRA layers to train and save."}
     )
@@ -130,6 +141,11 @@ class TeraConfig(PeftConfig):
             raise ValueError(f"diagonal_placement must be one of {PLACEMENTS}, got {self.diagonal_placement!r}.")
         if self.forward_path not in FORWARD_PATHS:
             raise ValueError(f"forward_path must be one of {FORWARD_PATHS}, got {self.forward_path!r}.")
+        if self.cache_merged_weight and self.forward_path == "factorised":
+            raise ValueError(
+                "cache_merged_weight=True keeps W + dW for the merged path; it cannot be combined with "
+                "forward_path='factorised' (use 'auto' or 'merged')."
+            )
         if self.tensor_order < 1:
             raise ValueError(f"tensor_order must be at least 1, got {self.tensor_order}.")
         if not 0.0 < self.core_rank_ratio <= 1.0:

@@ -148,32 +148,39 @@ def rank_lambda_grads(
 
 
 class _MergedLinear(torch.autograd.Function):
-    """``y = x (W + dW)^T + b`` with ``dW`` recomputed in backward rather than stored."""
+    """``y = x (W + dW)^T + b`` with ``dW`` recomputed in backward rather than stored, unless the caller keeps
+    ``W + dW`` itself (``merged``, from :func:`merged_weight`) and passes it in: then neither pass builds it."""
+
+    _LEADING = 9  # inputs before the factors and lambdas
 
     @staticmethod
-    def forward(ctx, x, weight, bias, core, plan, placement, scale, num_factors, *factors_and_lambdas):
+    def forward(ctx, x, weight, merged, bias, core, plan, placement, scale, num_factors, *factors_and_lambdas):
         factors = factors_and_lambdas[:num_factors]
         lambdas = factors_and_lambdas[num_factors:]
         with torch.no_grad():
-            out = F.linear(x, _merged_weight(plan, weight, core, factors, lambdas, placement, scale), bias)
-        ctx.save_for_backward(x, weight, core, *factors_and_lambdas)
+            if merged is None:
+                out = F.linear(x, _merged_weight(plan, weight, core, factors, lambdas, placement, scale), bias)
+            else:
+                out = F.linear(x, merged, bias)
+        ctx.save_for_backward(x, weight, merged, core, *factors_and_lambdas)
         ctx.plan, ctx.placement, ctx.scale, ctx.num_factors = plan, placement, scale, num_factors
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, core, *rest = ctx.saved_tensors
+        x, weight, merged, core, *rest = ctx.saved_tensors
         factors, lambdas = rest[: ctx.num_factors], rest[ctx.num_factors :]
         needs = ctx.needs_input_grad
-        lambda_needs = needs[8 + ctx.num_factors :]
+        lambda_needs = needs[_MergedLinear._LEADING + ctx.num_factors :]
         plan, placement, scale = ctx.plan, ctx.placement, ctx.scale
         g2 = grad_out.reshape(-1, plan.d_out)
         x2 = x.reshape(-1, plan.d_in).to(g2.dtype)
 
         grad_x = grad_w = grad_b = None
-        if needs[0]:  # recompute W + dW (one chain) rather than keep it alive since the forward
-            merged = _merged_weight(plan, weight, core, factors, lambdas, placement, scale)
+        if needs[0]:
+            if merged is None:  # recompute W + dW (one chain) rather than keep it alive since the forward
+                merged = _merged_weight(plan, weight, core, factors, lambdas, placement, scale)
             grad_x = (g2 @ merged.to(g2.dtype)).reshape(x.shape).to(x.dtype)
             del merged
         if needs[1]:
@@ -189,9 +196,24 @@ class _MergedLinear(torch.autograd.Function):
             grad_lambdas = [
                 grad.to(lam.dtype) if need else None for grad, lam, need in zip(grads, lambdas, lambda_needs)
             ]
-        if ctx.has_bias and needs[2]:
+        if ctx.has_bias and needs[3]:
             grad_b = g2.sum(0)
-        return (grad_x, grad_w, grad_b, None, None, None, None, None, *([None] * ctx.num_factors), *grad_lambdas)
+        no_grads = [None] * (_MergedLinear._LEADING - 4 + ctx.num_factors)  # merged, core, options and factors
+        return (grad_x, grad_w, None, grad_b, *no_grads, *grad_lambdas)
+
+
+def merged_weight(
+    plan: TensorPlan,
+    weight: torch.Tensor,
+    core: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    lambdas: Sequence[torch.Tensor],
+    placement: str,
+    scale: float,
+) -> torch.Tensor:
+    """``W + dW`` in the weight's dtype, outside autograd: what a layer that keeps it between steps stores."""
+    with torch.no_grad():
+        return _merged_weight(plan, weight, core, factors, lambdas, placement, scale)
 
 
 def _merged_weight(plan, weight, core, factors, lambdas, placement, scale) -> torch.Tensor:
@@ -227,6 +249,11 @@ def merged_linear(
     lambdas: Sequence[torch.Tensor],
     placement: str,
     scale: float,
+    merged: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, W + dW, b)`` with a memory-lean custom backward (see module docstring)."""
-    return _MergedLinear.apply(x, weight, bias, core, plan, placement, scale, len(factors), *factors, *lambdas)
+    """``F.linear(x, W + dW, b)`` with a memory-lean custom backward (see module docstring).
+
+    ``merged``: ``W + dW`` for the current lambdas, already built (:func:`merged_weight`); the forward and backward
+    then use it instead of building it each (the layer's ``cache_merged_weight`` option).
+    """
+    return _MergedLinear.apply(x, weight, merged, bias, core, plan, placement, scale, len(factors), *factors, *lambdas)

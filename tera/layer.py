@@ -11,7 +11,7 @@ from torch import nn
 
 from .autotune import pick_path
 from .config import TeraConfig
-from .contraction import delta_weight, factorised_delta, merged_linear
+from .contraction import delta_weight, factorised_delta, merged_linear, merged_weight
 from .cost import FACTORISED, MERGED
 from .tensorize import TensorPlan
 from .tuners_utils import MergeByDeltaWeight
@@ -40,7 +40,14 @@ def factor_key(group: str, mode: int) -> str:
 class TeraLayer(BaseTunerLayer):
     # The only trained tensors: one vector per adapter holding all diagonals of this layer, concatenated mode by mode.
     adapter_layer_names = ("tera_lambda",)
-    other_param_names = ("tera_plan", "tera_factor_group", "tera_placement", "tera_scaling", "tera_forward_path")
+    other_param_names = (
+        "tera_plan",
+        "tera_factor_group",
+        "tera_placement",
+        "tera_scaling",
+        "tera_forward_path",
+        "tera_cache_merged",
+    )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -50,6 +57,9 @@ class TeraLayer(BaseTunerLayer):
         self.tera_placement: dict[str, str] = {}
         self.tera_scaling: dict[str, float] = {}
         self.tera_forward_path: dict[str, str] = {}
+        self.tera_cache_merged: dict[str, bool] = {}
+        # W + dW per adapter with the key of the tensors it was built from (cache_merged_weight); not state.
+        self._tera_merged_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
         # The shared factors live once on the TeraModel; a plain (unregistered) reference keeps them out of this
         # layer's state dict and out of `.to()` twice.
         object.__setattr__(self, "_tera_shared", None)
@@ -81,6 +91,8 @@ class TeraLayer(BaseTunerLayer):
         self.tera_placement[adapter_name] = config.diagonal_placement
         self.tera_scaling[adapter_name] = config.scaling
         self.tera_forward_path[adapter_name] = config.forward_path
+        self.tera_cache_merged[adapter_name] = config.cache_merged_weight
+        self._tera_merged_cache.pop(adapter_name, None)
         self.tera_lambda[adapter_name] = nn.Parameter(torch.zeros(sum(self._lambda_sizes(adapter_name))))
         self.reset_tera_parameters(adapter_name, config)
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -117,7 +129,8 @@ class TeraLayer(BaseTunerLayer):
         """The update ``dW`` (``d_out x d_in``) that merging adds to the base weight."""
         weight = self.get_base_layer().weight
         # Some CPUs have slow half-precision matmuls: build the update in float32 there, then cast.
-        compute_dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
+        half = weight.dtype in (torch.float16, torch.bfloat16)
+        compute_dtype = torch.float32 if half and weight.device.type == "cpu" else weight.dtype
         core, factors = self.shared_factors(adapter_name, compute_dtype, weight.device)
         lambdas = [lam.to(compute_dtype) for lam in self.lambdas(adapter_name)]
         plan = self.tera_plan[adapter_name]
@@ -134,10 +147,56 @@ class TeraLayer(BaseTunerLayer):
         placement_sizes = None if self.tera_placement[adapter_name] == "rank" else plan.modes
         return plan.rank_bound(placement_sizes)
 
+    def _adapter_operands(self, name: str, x: torch.Tensor):
+        """Plan, core and factors (in x's dtype), diagonals, placement and scale of one adapter."""
+        core, factors = self.shared_factors(name, x.dtype, x.device)
+        return (
+            self.tera_plan[name],
+            core,
+            factors,
+            self.lambdas(name),
+            self.tera_placement[name],
+            self.tera_scaling[name],
+        )
+
+    def release_merged_cache(self) -> None:
+        """Drop the kept ``W + dW`` of every adapter (cache_merged_weight); the next forward rebuilds it."""
+        self._tera_merged_cache.clear()
+
+    def _cache_key(self, adapter_name: str, dtype: torch.dtype, device: torch.device) -> tuple:
+        """What the kept ``W + dW`` depends on: every in-place update (an optimizer step, ``load_state_dict``) bumps a
+        tensor's version, a move or a reassignment changes its storage."""
+        shared = self._tera_shared
+        group = self.tera_factor_group[adapter_name]
+        tensors = [
+            self.get_base_layer().weight,
+            self.tera_lambda[adapter_name],
+            shared[core_key(group)],
+            *(shared[factor_key(group, n)] for n in range(len(self.tera_plan[adapter_name].modes))),
+        ]
+        return (dtype, device, self.tera_scaling[adapter_name], *((t.data_ptr(), t._version) for t in tensors))
+
+    def kept_merged_weight(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """``W + dW`` of ``adapter_name`` for the merged path: the kept one when still current, else built and kept;
+        ``None`` when the adapter does not keep it."""
+        if not self.tera_cache_merged.get(adapter_name, False):
+            return None
+        key = self._cache_key(adapter_name, x.dtype, x.device)
+        kept = self._tera_merged_cache.get(adapter_name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        self._tera_merged_cache.pop(adapter_name, None)  # free the stale copy before building the new one
+        plan, core, factors, lambdas, placement, scale = self._adapter_operands(adapter_name, x)
+        merged = merged_weight(plan, self.get_base_layer().weight, core, factors, lambdas, placement, scale)
+        self._tera_merged_cache[adapter_name] = (key, merged)
+        return merged
+
     def choose_path(self, adapter_name: str, x: torch.Tensor) -> str:
         forced = self.tera_forward_path[adapter_name]
         if forced != "auto":
             return forced
+        if self.tera_cache_merged[adapter_name]:
+            return MERGED  # with W + dW kept, the merged path is one plain matmul: nothing to time
         training = torch.is_grad_enabled() and self.tera_lambda[adapter_name].requires_grad
 
         def operands():
@@ -167,18 +226,6 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, shared, plan, config, group=group)
 
-    def _adapter_operands(self, name: str, x: torch.Tensor):
-        """Plan, core and factors (in x's dtype), diagonals, placement and scale of one adapter."""
-        core, factors = self.shared_factors(name, x.dtype, x.device)
-        return (
-            self.tera_plan[name],
-            core,
-            factors,
-            self.lambdas(name),
-            self.tera_placement[name],
-            self.tera_scaling[name],
-        )
-
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:
@@ -196,8 +243,10 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
         paths = {name: self.choose_path(name, x) for name in active}
         if len(active) == 1 and paths[active[0]] == MERGED and type(base) is nn.Linear:
             # One matmul with W + dW; the custom backward recomputes dW instead of storing it.
-            plan, core, factors, lambdas, placement, scale = self._adapter_operands(active[0], x)
-            result = merged_linear(plan, x, base.weight, base.bias, core, factors, lambdas, placement, scale)
+            name = active[0]
+            plan, core, factors, lambdas, placement, scale = self._adapter_operands(name, x)
+            kept = self.kept_merged_weight(name, x)
+            result = merged_linear(plan, x, base.weight, base.bias, core, factors, lambdas, placement, scale, kept)
             return result.to(previous_dtype)
 
         result = self.base_layer(x, *args, **kwargs)
@@ -208,6 +257,14 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
             else:  # several adapters at once: add each update separately (autograd keeps its dW)
                 result = result + nn.functional.linear(x, delta_weight(plan, core, factors, lambdas, placement, scale))
         return result.to(previous_dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        self.release_merged_cache()  # merging edits the weight through .data, which no version counter sees
+        super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def unmerge(self) -> None:
+        self.release_merged_cache()
+        super().unmerge()
 
     def __repr__(self) -> str:
         return "tera." + super().__repr__()

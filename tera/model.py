@@ -167,9 +167,17 @@ class TeraModel(BaseTuner):
             new_module.requires_grad_(False)  # a further adapter is not trainable until it is made active
         self._replace_module(parent, target_name, new_module, target)
 
+    def release_merged_cache(self) -> None:
+        """Drop every layer's kept ``W + dW`` (``cache_merged_weight``): after editing weights through ``.data``, or to
+        free the memory; the next forward rebuilds what it needs."""
+        for module in self.model.modules():
+            if isinstance(module, TeraLayer):
+                module.release_merged_cache()
+
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter, and free the shared factors that no remaining adapter uses."""
         super().delete_adapter(adapter_name)
+        self.release_merged_cache()
         self._arrived_checksums.pop(adapter_name, None)
         used = {
             group for m in self.model.modules() if isinstance(m, TeraLayer) for group in m.tera_factor_group.values()

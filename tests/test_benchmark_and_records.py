@@ -11,7 +11,7 @@ from experiments.records import environment, write_json_atomic
 TINY = efficiency.load_preset("tiny")
 
 
-@pytest.mark.parametrize("name", ["lora", "tera", "tera-half"])
+@pytest.mark.parametrize("name", ["lora", "tera", "tera-half", "tera-cached"])
 def test_measure_one_method_at_tiny_shapes(name):
     entry = next(e for e in TINY["methods"] if efficiency.method_spec(e)["name"] == name)
     row = efficiency.measure(TINY, entry)

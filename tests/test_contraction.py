@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tera.contraction import delta_weight, factorised_delta, merged_linear
+from tera.contraction import delta_weight, factorised_delta, merged_linear, merged_weight
 from tera.cost import FACTORISED, MERGED, choose_path
 from tera.factors import generate_factors
 from tera.reference import reference_delta, reference_linear
@@ -57,6 +57,29 @@ def test_path_matches_float64_reference(spec, placement, path):
     else:
         out = merged_linear(plan, x, weight, bias, core, factors, lambdas, placement, scale)
     grads = _grads(out, x, lambdas, upstream)
+
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("spec", PLANS)
+@pytest.mark.parametrize("placement", ["rank", "mode"])
+def test_merged_path_with_a_kept_merged_weight_matches_float64_reference(spec, placement):
+    """cache_merged_weight hands the custom function a W + dW built earlier: same output and every gradient."""
+    plan, core, factors, lambdas = _operands(spec, placement)
+    weight = torch.randn(plan.d_out, plan.d_in, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(plan.d_out, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 5, plan.d_in, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, plan.d_out, dtype=torch.float64)
+    inputs = [x, weight, bias, *lambdas]
+
+    expected = reference_linear(x, weight, bias, plan, core, factors, lambdas, placement, 0.7)
+    expected_grads = torch.autograd.grad(expected, inputs, upstream)
+    kept = merged_weight(plan, weight, core, factors, lambdas, placement, 0.7)
+    assert not kept.requires_grad
+    out = merged_linear(plan, x, weight, bias, core, factors, lambdas, placement, 0.7, merged=kept)
+    grads = torch.autograd.grad(out, inputs, upstream)
 
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     for got, want in zip(grads, expected_grads):
