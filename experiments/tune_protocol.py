@@ -28,7 +28,7 @@ from typing import Any
 from . import naming, plots
 from .identity import is_complete, read_record
 from .specs import Run, TableSpec, Variant
-from .tuning import Cell, Setting, Trial, TuningError, budget_note, search_space, write_report
+from .tuning import Cell, Setting, Trial, TuningError, budget_note, protocol_cost, search_space, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -368,7 +368,12 @@ def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: P
     table.conventional_label, table.conventional = conventional_cells(spec, results)
     markdown = render_table(table, results)
     out = results / table.out_name
-    write_report(results / f"{table.out_name}-tuning", spec.title, found, table.caption[0])
+    cost = protocol_cost(
+        [t.record for c in found for t in c.trials if t.record],
+        _matched(table, results / "runs" / table.records_dir),
+        _matched(spec, results / "runs" / spec.records_dir),
+    )
+    write_report(results / f"{table.out_name}-tuning", spec.title, found, table.caption[0], cost)
     plots.tuning_curves(found, spec.title, results / "plots" / f"{table.out_name}-lr.png")
     logger = _wandb_settings(extra)
     if logger is not None:
@@ -380,6 +385,14 @@ def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: P
         frames = {"summary": pd.read_csv(out.with_suffix(".csv")), "tuning": report_frame(found)}
         log_tables(logger, table.out_name, frames, [table.title, *table.caption])
     return markdown
+
+
+def _matched(spec: TableSpec, folder: Path) -> list[dict[str, Any]]:
+    """The records of ``spec``'s runs found in ``folder`` (none when it does not exist)."""
+    from .paper_tables import match_runs
+    from .tables import read_records
+
+    return list(match_runs(spec, read_records(folder, warn=False))[0].values()) if folder.is_dir() else []
 
 
 def _wandb_settings(extra: list[str]) -> dict[str, Any] | None:

@@ -210,6 +210,29 @@ def budget_note(cells: list[Cell], seeds: list[int]) -> str:
     return text
 
 
+def protocol_cost(
+    trials: list[dict[str, Any]], finals: list[dict[str, Any]], conventional: list[dict[str, Any]]
+) -> str:
+    """What the protocol cost, from its records' own wall times (training and evaluation, on whatever machine each
+    ran): its trials, its finals beyond them (a seed-0 final that is its trial counts once), and the conventional
+    table's runs for scale."""
+
+    def hours(records: list[dict[str, Any]]) -> float:
+        return sum(float(r.get("wall_seconds") or 0.0) for r in records) / 3600
+
+    trial_ids = {r.get("run_id") for r in trials}
+    further = [r for r in finals if r.get("run_id") not in trial_ids]
+    spent = trials + further
+    text = (
+        f"Cost: {len(trials)} trials and {len(further)} further final runs, {len(spent)} runs in all, "
+        f"{hours(spent):.2f} h of run time (the sum of the records' wall times)"
+    )
+    if conventional:
+        ratio = f", {hours(spent) / hours(conventional):.1f}x" if hours(conventional) else ""
+        text += f"; the conventional table: {len(conventional)} runs, {hours(conventional):.2f} h{ratio}"
+    return text + "."
+
+
 def report_frame(cells: list[Cell]) -> pd.DataFrame:
     """One line per trial: which cell, its setting, status and validation figure, and whether it was chosen."""
     lines = []
@@ -236,12 +259,13 @@ def report_frame(cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def write_report(out: Path, title: str, cells: list[Cell], caption: str) -> None:
+def write_report(out: Path, title: str, cells: list[Cell], caption: str, cost: str = "") -> None:
     """``out``.json (every cell, trial and choice, for code) and ``out``.md (the same as a table, for people)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "title": title,
         "caption": caption,
+        "cost": cost,
         "cells": [
             {
                 "variant": cell.variant,
@@ -278,7 +302,7 @@ def write_report(out: Path, title: str, cells: list[Cell], caption: str) -> None
         table = "No trials."
     out.with_suffix(".md").write_text(
         f"# Tuning: {title}\n\n{caption}\n\n{table}\n\nValues: the validation metric in %, the only figure that "
-        f"chooses; `failed`: the trial diverged; `missing`: no record yet.\n"
+        f"chooses; `failed`: the trial diverged; `missing`: no record yet.\n" + (f"\n{cost}\n" if cost else "")
     )
 
 

@@ -195,6 +195,8 @@ def _record(folder: Path, name: str, method: str, seed: int, lr: float, validati
         "trainable_params": 100,
         "median_rank": 8,
         "train_seconds": 1.0,
+        "wall_seconds": 90.0,
+        "run_id": f"{name}-{seed}",
         "environment": {"date": "2026-11-28T00:00:00", "device": "CPU", "versions": {"torch": "2", "peft": "0"}},
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,7 +247,12 @@ def test_the_tuned_table_shows_the_chosen_rate_states_the_budget_and_plots_every
     assert "x0.25, x1, x4 its conventional rate), 2 steps each, seed 0" in markdown
     report = json.loads((tmp_path / f"{spec.tuned_out_name}-tuning.json").read_text())
     assert [c["chosen"] for c in report["cells"]] == ["lr=0.0016", "lr=0.02"]
-    assert "| yes" in (tmp_path / f"{spec.tuned_out_name}-tuning.md").read_text()
+    tuning_md = (tmp_path / f"{spec.tuned_out_name}-tuning.md").read_text()
+    assert "| yes" in tuning_md
+    # 6 trials, the seed-1 finals (the seed-0 ones are trials), 90 s each; the conventional lora rows for scale
+    cost = "Cost: 6 trials and 2 further final runs, 8 runs in all, 0.20 h of run time"
+    assert cost in tuning_md and cost in report["cost"]
+    assert "the conventional table: 2 runs, 0.05 h, 4.0x." in tuning_md
     assert (tmp_path / "plots" / f"{spec.tuned_out_name}-lr.png").stat().st_size > 0
     assert "chosen lr" in (tmp_path / f"{spec.tuned_out_name}.csv").read_text().splitlines()[0]
 
