@@ -90,7 +90,19 @@ def test_render_names_device_versions_ratios_and_targets():
     assert "| tera | 3 | 24 B | 12.0 | 1.20 (1.18-1.23) | 1,333 | 0.90 | 300 B | 8.8 KB | 2.0 |" in text
     assert "failed: boom" in text and record["environment"]["versions"]["torch"] in text
     assert "- full-rank TeRA (auto) train step vs LoRA: 1.200x (target <= 1.4x): met" in text  # the CPU goal
-    assert "- unmerged TeRA overhead: prefill 1.50x, decode 1.50x the base model" in text
+    assert "- unmerged TeRA overhead: prefill 1.50x, decode 1.50x the base model" in text  # ratio of the medians
+    # Paired with the base model's call in each round, the median of the per-round ratios is what counts.
+    record["measurement"] = {
+        "inference": "paired with the base model",
+        **{"rounds": 4, "steps_per_round": 3, "reference": "lora", "load_before": 0.1, "loads": [0.1], "cores": 2},
+    }
+    record["rows"][2]["prefill_vs_base_merged"] = _ratio(1.01, 0.99, 1.03)
+    record["rows"][2]["prefill_vs_base_unmerged"] = _ratio(1.4, 1.3, 1.6)
+    text = efficiency.render(record)
+    assert "| 1.40 (1.30-1.60) | 1.01 (0.99-1.03) | 1.00 |" in text  # unmerged, merged prefill; decode unpaired
+    assert "- merged TeRA prefill vs base model: 1.010x (target <= 1.05x): met" in text
+    assert "inference spread too wide to trust** (interquartile range above 10% of the median ratio)" in text
+    assert "tera (prefill unmerged)" in text and "tera (prefill merged)" not in text
 
 
 def _ratio(median, q1=None, q3=None):
@@ -137,6 +149,13 @@ def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path, monk
     assert json.loads((tmp_path / "efficiency-tiny.json").read_text())["rows"][2]["step_ms"] > 0
     report = (tmp_path / "eff.md").read_text()
     assert "## Inference" in report and "| tera |" in report and "## Targets" in report and "Machine:" in report
+    # Inference is timed round-robin too, each call right after the base model's: unmerged adapters, then merged.
+    assert record["measurement"]["inference"] == "paired with the base model"
+    for name in ("lora", "tera"):
+        for key in ("prefill_vs_base_unmerged", "prefill_vs_base_merged", "decode_vs_base_merged"):
+            assert rows[name][key]["median"] > 0, (name, key)
+    assert rows["base"]["prefill_ms_merged"] > 0 and "prefill_vs_base_merged" not in rows["base"]
+    assert rows["tera"]["merged_max_rel_diff"] < 1e-5 and "merged prefill x base" in report
 
 
 def test_bench_presets_compose_through_hydra():

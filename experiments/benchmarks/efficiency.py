@@ -105,16 +105,20 @@ def _added_buffer_bytes(model, base_buffer_ids: set[int]) -> int:
 
 
 @torch.no_grad()
-def _inference(model, preset: dict[str, Any], ids: torch.Tensor) -> dict[str, float]:
-    """Prefill latency of the whole batch, and decode latency per generated token with a KV cache."""
-    device = preset["device"]
+def _prefill_s(model, ids: torch.Tensor, device: str) -> float:
+    """Seconds of one forward over the whole batch."""
     model.eval()
-    model(input_ids=ids)  # warm-up
-    prefill = statistics.median(_timed(lambda: model(input_ids=ids), device) for _ in range(3))
+    return _timed(lambda: model(input_ids=ids), device)
+
+
+@torch.no_grad()
+def _decode_s(model, ids: torch.Tensor, tokens: int, device: str) -> float:
+    """Median seconds per generated token for the whole batch, with a KV cache (the first token's step not counted)."""
+    model.eval()
     out = model(input_ids=ids, use_cache=True)
     past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
     times = []
-    for _ in range(preset["decode_tokens"]):
+    for _ in range(tokens):
 
         def step():
             nonlocal past, token
@@ -122,7 +126,15 @@ def _inference(model, preset: dict[str, Any], ids: torch.Tensor) -> dict[str, fl
             past, token = result.past_key_values, result.logits[:, -1:].argmax(-1)
 
         times.append(_timed(step, device))
-    decode = statistics.median(times[1:] if len(times) > 1 else times)
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def _inference(model, preset: dict[str, Any], ids: torch.Tensor) -> dict[str, float]:
+    """Prefill latency of the whole batch, and decode latency per generated token, one method alone (``measure``)."""
+    device = preset["device"]
+    _prefill_s(model, ids, device)  # warm-up
+    prefill = statistics.median(_prefill_s(model, ids, device) for _ in range(3))
+    decode = _decode_s(model, ids, preset["decode_tokens"], device)
     return {"prefill_ms": 1000 * prefill, "decode_ms_per_token": 1000 * decode}
 
 
@@ -174,15 +186,20 @@ class MethodBench:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def finish(self, step_times: list[float]) -> dict[str, Any]:
-        """Every figure besides the step time: memory, storage, merge, inference (timed with the GPU to itself)."""
+    @property
+    def has_adapter(self) -> bool:
+        """An adapter that can be merged: inference is timed unmerged and merged (not for base or full FT)."""
+        return self.trains and self.spec["method"] != "full"
+
+    def training_figures(self, step_times: list[float]) -> None:
+        """Into the row: step time, memory (right after training), optimizer state, storage, the auto paths."""
         row, model, preset = self.row, self.model, self.preset
         if not self.trains:
-            row.update({f"{k}_merged": v for k, v in _inference(model, preset, self.ids).items()})
-            return row
-        median = statistics.median(step_times)
-        row["step_ms"] = 1000 * median
-        row["tokens_per_s"] = preset["batch"] * preset["seq"] / median
+            return
+        if step_times:
+            median = statistics.median(step_times)
+            row["step_ms"] = 1000 * median
+            row["tokens_per_s"] = preset["batch"] * preset["seq"] / median
         row["peak_train_gib"] = _peak_gib(self.device)
         row["optimizer_state_bytes"] = sum(
             t.numel() * t.element_size()
@@ -191,26 +208,45 @@ class MethodBench:
             if torch.is_tensor(t)
         )
         row["auto_paths"] = _auto_paths()
-        if self.spec["method"] == "full":
+        if not self.has_adapter:
             row["model_file_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
-            row.update({f"{k}_merged": v for k, v in _inference(model, preset, self.ids).items()})
-            return row
+            return
         with tempfile.TemporaryDirectory() as folder:
             model.save_pretrained(folder)
             row["adapter_file_bytes"] = os.path.getsize(Path(folder) / "adapter_model.safetensors")
         row["shared_frozen_bytes"] = _added_buffer_bytes(model, self.base_buffer_ids)
         row["adapter_with_shared_bytes"] = row["adapter_file_bytes"] + row["shared_frozen_bytes"]
-        row.update({f"{k}_unmerged": v for k, v in _inference(model, preset, self.ids).items()})
+
+    def infer(self, kind: str) -> float:
+        """Seconds of one ``prefill`` of the batch, or per token of a ``decode``, on the model as it is now."""
+        if kind == "prefill":
+            return _prefill_s(self.model, self.ids, self.device)
+        return _decode_s(self.model, self.ids, self.preset["decode_tokens"], self.device)
+
+    def merge(self) -> None:
+        """Fold the adapter into the weights (adapters only): the merge time and the merged = unmerged check go into
+        the row, and inference from here on is the merged model's."""
+        if not self.has_adapter:
+            return
+        model = self.model
+        model.eval()
         with torch.no_grad():
             unmerged_logits = model(input_ids=self.ids[:1]).logits.float()
-        row["merge_ms"] = 1000 * _timed(lambda: model.merge_adapter(), self.device)
+        self.row["merge_ms"] = 1000 * _timed(lambda: model.merge_adapter(), self.device)
         with torch.no_grad():
             merged_logits = model(input_ids=self.ids[:1]).logits.float()
         scale = unmerged_logits.abs().max().clamp_min(1e-6)
-        row["merged_max_rel_diff"] = float((merged_logits - unmerged_logits).abs().max() / scale)
-        merged = model.merge_and_unload()
-        row.update({f"{k}_merged": v for k, v in _inference(merged, preset, self.ids).items()})
-        return row
+        self.row["merged_max_rel_diff"] = float((merged_logits - unmerged_logits).abs().max() / scale)
+        self.model = model.merge_and_unload()
+
+    def finish(self, step_times: list[float]) -> dict[str, Any]:
+        """Every figure in this process, one method after another (``measure``; the benchmark pairs inference)."""
+        self.training_figures(step_times)
+        if self.has_adapter:
+            self.row.update({f"{k}_unmerged": v for k, v in _inference(self.model, self.preset, self.ids).items()})
+        self.merge()
+        self.row.update({f"{k}_merged": v for k, v in _inference(self.model, self.preset, self.ids).items()})
+        return self.row
 
 
 def _auto_paths() -> dict[str, str]:
@@ -237,8 +273,9 @@ def measure(preset: dict[str, Any], entry: str | dict[str, Any]) -> dict[str, An
 def worker(preset: dict[str, Any], name: str) -> int:
     """Child-process mode: build one method, then obey JSON commands on stdin, one JSON reply per line on stdout.
 
-    ``{"steps": n}`` runs n timed train steps and replies their seconds; ``{"finish": true}`` replies the row with
-    every other figure and ends.  Nothing else is written to stdout.
+    ``{"steps": n}`` runs n timed train steps and replies their seconds; ``{"figures": true}`` takes the training
+    figures (memory, storage); ``{"infer": "prefill"|"decode"}`` replies the seconds of one; ``{"merge": true}`` folds
+    the adapter in; ``{"finish": true}`` replies the row and ends.  Nothing else is written to stdout.
     """
     entry = next(e for e in preset["methods"] if method_spec(e)["name"] == name)
     reply = sys.stdout
@@ -258,8 +295,16 @@ def worker(preset: dict[str, Any], name: str) -> int:
             if command.get("timed", True):
                 times += new
             print(json.dumps({"times": new}), file=reply, flush=True)
+        elif command.get("figures"):
+            bench.training_figures(times)
+            print(json.dumps({"ok": True}), file=reply, flush=True)
+        elif "infer" in command:
+            print(json.dumps({"s": bench.infer(command["infer"])}), file=reply, flush=True)
+        elif command.get("merge"):
+            bench.merge()
+            print(json.dumps({"ok": True}), file=reply, flush=True)
         elif command.get("finish"):
-            print(json.dumps({"row": bench.finish(times)}), file=reply, flush=True)
+            print(json.dumps({"row": bench.row}), file=reply, flush=True)
             return 0
     return 0
 
@@ -290,9 +335,20 @@ def _ratio_cell(row: dict[str, Any]) -> str:
     return f"{ratio['median']:.2f} ({ratio['q1']:.2f}-{ratio['q3']:.2f})"
 
 
-def _spread(row: dict[str, Any]) -> float:
-    ratio = row["ratio"]
+def _spread(ratio: dict[str, float]) -> float:
+    """Interquartile range over median."""
     return (ratio["q3"] - ratio["q1"]) / ratio["median"]
+
+
+def _vs_base(row: dict[str, Any], base: dict[str, Any], kind: str, phase: str) -> str:
+    """A method's inference time over the base model's: the paired median (IQR), else the ratio of the medians."""
+    paired = row.get(f"{kind}_vs_base_{phase}")
+    if paired:
+        return f"{paired['median']:.2f} ({paired['q1']:.2f}-{paired['q3']:.2f})"
+    try:
+        return f"{_inference_ratio(row, base, kind, phase):.2f}"
+    except (KeyError, ZeroDivisionError):  # not measured in this phase (base and full FT have no unmerged figures)
+        return "-"
 
 
 def measurement_notes(record: dict[str, Any]) -> list[str]:
@@ -317,7 +373,7 @@ def measurement_notes(record: dict[str, Any]) -> list[str]:
         busy = other > BUSY_CORES
     else:  # no /proc: the load average, which also counts this benchmark's own process per core
         busy = max(loads) > m["cores"] + 1
-    wide = [r["method"] for r in record["rows"] if r.get("ratio") and _spread(r) > SPREAD_LIMIT]
+    wide = [r["method"] for r in record["rows"] if r.get("ratio") and _spread(r["ratio"]) > SPREAD_LIMIT]
     if busy:
         lines.append(
             "**Warning: the machine was busy**: other work shared the cores during the rounds, so the ratios may be "
@@ -426,30 +482,59 @@ def render(record: dict[str, Any]) -> str:
             lines += ["", "Paths auto chose, per kind of call (median ms per path when timed):", ""]
             lines += [f"- {method}: {label}: {path}" for method, label, path in chosen]
     base = by_name.get("base", {})
+    paired = (record.get("measurement") or {}).get("inference") == "paired with the base model"
+    lines += ["", "## Inference", ""]
+    if paired:
+        lines += [
+            f"Inference times: {record['measurement']['rounds']} rounds, every method in turn (order rotated), each "
+            "prefill and decode right after the same call of the base model; ms is the median over rounds, `x base` "
+            "the median over rounds of the ratio to the base model's call beside it (IQR). Unmerged first, then "
+            "merged (the adapter folded into the weights).",
+            "",
+        ]
     lines += [
-        "",
-        "## Inference",
-        "",
         "| method | prefill ms unmerged | prefill ms merged | decode ms/token unmerged | decode ms/token merged | "
-        "merged vs base prefill | merged = unmerged (max rel. diff) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "unmerged prefill x base | merged prefill x base | merged decode x base | merged = unmerged (max rel. diff) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if "error" in r or "prefill_ms_merged" not in r:
             continue
-        vs_base = f"{r['prefill_ms_merged'] / base['prefill_ms_merged']:.2f}x" if base.get("prefill_ms_merged") else "-"
         diff = f"{r['merged_max_rel_diff']:.1e}" if "merged_max_rel_diff" in r else "-"
         lines.append(
             f"| {r['method']} | {_fmt(r.get('prefill_ms_unmerged'), 2)} | {_fmt(r['prefill_ms_merged'], 2)} | "
             f"{_fmt(r.get('decode_ms_per_token_unmerged'), 2)} | {_fmt(r['decode_ms_per_token_merged'], 2)} | "
-            f"{vs_base} | {diff} |"
+            f"{_vs_base(r, base, 'prefill', 'unmerged')} | {_vs_base(r, base, 'prefill', 'merged')} | "
+            f"{_vs_base(r, base, 'decode', 'merged')} | {diff} |"
         )
+    wide = [
+        f"{r['method']} ({kind} {phase})"
+        for r in rows
+        for kind in INFERENCE_KINDS
+        for phase in ("unmerged", "merged")
+        if r.get(f"{kind}_vs_base_{phase}") and _spread(r[f"{kind}_vs_base_{phase}"]) > SPREAD_LIMIT
+    ]
+    if wide:
+        lines += [
+            "",
+            f"**Warning: inference spread too wide to trust** (interquartile range above {100 * SPREAD_LIMIT:.0f}% of "
+            f"the median ratio): {', '.join(wide)}.",
+        ]
     lines += ["", *targets(record)]
     return "\n".join(lines) + "\n"
 
 
 def _step_ratio(row: dict[str, Any], lora: dict[str, Any]) -> float:
     return row["ratio"]["median"] if row.get("ratio") else row["step_ms"] / lora["step_ms"]
+
+
+def _inference_ratio(row: dict[str, Any], base: dict[str, Any], kind: str, phase: str) -> float:
+    """The paired median ratio to the base model when measured so, else the ratio of the medians."""
+    paired = row.get(f"{kind}_vs_base_{phase}")
+    if paired:
+        return paired["median"]
+    key = "prefill_ms" if kind == "prefill" else "decode_ms_per_token"
+    return row[f"{key}_{phase}"] / base[f"{key}_merged"]
 
 
 def targets(record: dict[str, Any]) -> list[str]:
@@ -493,10 +578,10 @@ def targets(record: dict[str, Any]) -> list[str]:
                     f"{kept}: train step vs full fine-tuning", _step_ratio(cached, lora) / _step_ratio(full, lora), 1.0
                 )
     if base:
-        check("merged TeRA prefill vs base model", tera["prefill_ms_merged"] / base["prefill_ms_merged"], 1.05)
+        check("merged TeRA prefill vs base model", _inference_ratio(tera, base, "prefill", "merged"), 1.05)
         lines.append(
-            f"- unmerged TeRA overhead: prefill {tera['prefill_ms_unmerged'] / base['prefill_ms_merged']:.2f}x, "
-            f"decode {tera['decode_ms_per_token_unmerged'] / base['decode_ms_per_token_merged']:.2f}x the base model"
+            f"- unmerged TeRA overhead: prefill {_inference_ratio(tera, base, 'prefill', 'unmerged'):.2f}x, "
+            f"decode {_inference_ratio(tera, base, 'decode', 'unmerged'):.2f}x the base model"
         )
     check("TeRA adapter file without shared factors", tera["adapter_file_bytes"] / 1024, 256, " KB")
     return lines
@@ -648,6 +733,55 @@ def _rounds(workers: list[_Worker], preset: dict[str, Any], failed: dict[str, st
     }
 
 
+INFERENCE_KINDS = ("prefill", "decode")
+
+
+def _inference_rounds(
+    workers: list[_Worker], base: _Worker | None, preset: dict[str, Any], failed: dict[str, str]
+) -> dict[str, dict[str, list[float]]]:
+    """Round-robin inference timing as for training: in every round each method's prefill and per-token decode, each
+    right after the same call of the base model, so that both see the same state of the machine.  Per method and
+    kind: the seconds per round and the ratio to the base model's call beside it."""
+    out = {w.name: {k: [] for kind in INFERENCE_KINDS for k in (kind, f"{kind}_ratio")} for w in workers}
+    if base is not None:
+        out[base.name] = {kind: [] for kind in INFERENCE_KINDS}
+
+    def once(bench: _Worker, kind: str) -> float | None:
+        if bench.name in failed:
+            return None
+        reply = bench.ask({"infer": kind})
+        if "error" in reply:
+            failed[bench.name] = reply["error"]
+            return None
+        return reply["s"]
+
+    for bench in [*workers, *([base] if base else [])]:  # warm-up: eval-mode kernels, caches, the auto paths
+        for kind in INFERENCE_KINDS:
+            once(bench, kind)
+    for index in range(preset["rounds"]):
+        shift = index % max(len(workers), 1)
+        for bench in workers[shift:] + workers[:shift]:
+            for kind in INFERENCE_KINDS:
+                theirs = once(base, kind) if base else None
+                mine = once(bench, kind)
+                if mine is None:
+                    break
+                out[bench.name][kind].append(mine)
+                if theirs:
+                    out[base.name][kind].append(theirs)
+                    out[bench.name][f"{kind}_ratio"].append(mine / theirs)
+    return out
+
+
+def _inference_figures(row: dict[str, Any], timing: dict[str, list[float]], phase: str) -> None:
+    """Into the row: median ms of each kind in ``phase`` (unmerged or merged), and the ratio to the base model."""
+    for kind, key in (("prefill", "prefill_ms"), ("decode", "decode_ms_per_token")):
+        if timing.get(kind):
+            row[f"{key}_{phase}"] = 1000 * statistics.median(timing[kind])
+        if timing.get(f"{kind}_ratio"):
+            row[f"{kind}_vs_base_{phase}"] = _quartiles(timing[f"{kind}_ratio"])
+
+
 def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[str] | None = None) -> dict[str, Any]:
     """Measure every method of ``preset`` (each in its own process, timed round-robin), write the record and report."""
     sys.path.insert(0, str(ROOT))
@@ -675,8 +809,23 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
             live = [w for w in workers if w.name not in failed]
             trainers = [w for w in live if method_spec(_entry(preset, w.name))["method"] != "base"]
             timing = _rounds(trainers, preset, failed)
-            for index, bench in enumerate(w for w in live if w.name not in failed):
-                print(f"[{index + 1}/{len(live)}] {bench.name}: memory, storage, inference ...", file=sys.stderr)
+            for bench in (w for w in trainers if w.name not in failed):
+                reply = bench.ask({"figures": True})  # memory right after training, storage
+                if "error" in reply:
+                    failed[bench.name] = reply["error"]
+            base = next((w for w in live if w not in trainers and w.name not in failed), None)
+            adapters = [
+                w for w in trainers if w.name not in failed and method_spec(_entry(preset, w.name))["method"] != "full"
+            ]
+            print("inference rounds, unmerged adapters ...", file=sys.stderr, flush=True)
+            unmerged = _inference_rounds(adapters, base, preset, failed)
+            for bench in (w for w in adapters if w.name not in failed):
+                reply = bench.ask({"merge": True})
+                if "error" in reply:
+                    failed[bench.name] = reply["error"]
+            print("inference rounds, merged ...", file=sys.stderr, flush=True)
+            merged = _inference_rounds([w for w in trainers if w.name not in failed], base, preset, failed)
+            for bench in (w for w in live if w.name not in failed):
                 reply = bench.ask({"finish": True})
                 if "error" in reply:
                     failed[bench.name] = reply["error"]
@@ -685,6 +834,10 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
         finally:
             for bench in workers:
                 bench.close()
+    for phase, per_method in (("unmerged", unmerged), ("merged", merged)):
+        for name, kinds in per_method.items():
+            if name in rows:
+                _inference_figures(rows[name], kinds, phase)
     reference = timing["reference"]
     for name, per_round in timing["round_ms"].items():
         if name not in rows:
@@ -697,6 +850,7 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
             rows[name]["ratio"] = _quartiles(timing["round_ratio"][name])
     ordered = [rows.get(name) or {"method": name, "error": failed.get(name, "no result")} for name in names]
     measurement = {
+        "inference": "paired with the base model" if base else "unpaired",
         "rounds": preset["rounds"],
         "steps_per_round": preset["steps"],
         "reference": reference,
