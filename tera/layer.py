@@ -174,7 +174,15 @@ class TeraLayer(BaseTunerLayer):
             shared[core_key(group)],
             *(shared[factor_key(group, n)] for n in range(len(self.tera_plan[adapter_name].modes))),
         ]
-        return (dtype, device, self.tera_scaling[adapter_name], *((t.data_ptr(), t._version) for t in tensors))
+        # A copy built under inference_mode cannot be saved for a backward pass: training builds its own.
+        inference = torch.is_inference_mode_enabled()
+        return (
+            dtype,
+            device,
+            inference,
+            self.tera_scaling[adapter_name],
+            *((t.data_ptr(), t._version) for t in tensors),
+        )
 
     def kept_merged_weight(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor | None:
         """``W + dW`` of ``adapter_name`` for the merged path: the kept one when still current, else built and kept;

@@ -89,6 +89,16 @@ def test_evaluation_reuses_the_kept_weight_and_sees_every_change(builds):
         torch.testing.assert_close(changed, reference.eval()(X), rtol=1e-12, atol=1e-12)
 
 
+def test_a_copy_built_under_inference_mode_is_not_used_for_training(builds):
+    model = _model(cache=True)
+    with torch.inference_mode():
+        model(X)  # e.g. an evaluation before the first step
+    model(X).sum().backward()  # an inference tensor cannot be saved for backward: a fresh copy is built
+    layers = sum(isinstance(m, TeraLayer) for m in model.modules())
+    assert builds["n"] == 2 * layers
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_merge_unmerge_and_release_drop_the_kept_weight(builds):
     model = _model(cache=True)
     model.eval()
