@@ -21,6 +21,8 @@ ID_DIGITS = 8
 # Settings that change how a run is executed or logged, not what it computes.
 _NOT_IN_SIGNATURE = {"skip_complete", "skip_failed", "logger", "device", "output_dir", "run_name", "data"}
 _NOT_IN_TRAIN_SIGNATURE = {"checkpoint_every", "checkpoint_minutes", "eval_batch_size"}
+# Adapter options that trade memory for speed and compute the same values (TeRA keeping W + dW between steps).
+_NOT_IN_PEFT_SIGNATURE = {"cache_merged_weight"}
 
 _hash_cache: dict[tuple[str, int, int], str] = {}
 
@@ -57,6 +59,9 @@ def run_signature(config: dict[str, Any], data: dict[str, str] | None = None, wi
     kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k not in _NOT_IN_TRAIN_SIGNATURE}
     if isinstance(kept.get("method"), dict):  # a search space is not what a run computes; the values it sets are
         kept["method"] = {k: v for k, v in kept["method"].items() if k != "tune"}
+        if isinstance(kept["method"].get("peft"), dict):
+            peft = kept["method"]["peft"]
+            kept["method"]["peft"] = {k: v for k, v in peft.items() if k not in _NOT_IN_PEFT_SIGNATURE}
     if "eval" in kept:
         kept["eval"] = {k: v for k, v in kept["eval"].items() if k != "batch_size"}
     if not with_seed:

@@ -290,3 +290,16 @@ def test_the_same_settings_on_other_data_are_other_rows(tmp_path):
     rows = write_table(runs, tmp_path / "table", "T")
     assert len(rows) == 2 and sorted(r["test_accuracy"][0] for r in rows) == [0.6, 0.9]
     assert all(r["method"].startswith("tera [data=") for r in rows)
+
+
+def test_an_option_that_only_trades_memory_for_speed_keeps_the_run_identity():
+    """Records made before ``cache_merged_weight`` existed, or with it on, are the same runs: no rerun, one row."""
+    from experiments.identity import run_signature
+
+    def config(**peft):
+        return {"method": {"name": "tera", "lr": 0.02, "peft": {"scaling": 1.0, **peft}}, "seed": 0, "train": {}}
+
+    before = run_signature(config())
+    assert run_signature(config(cache_merged_weight=False)) == before
+    assert run_signature(config(cache_merged_weight=True)) == before
+    assert run_signature(config(scaling=2.0)) != before  # what the run computes still counts
