@@ -250,7 +250,8 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
         x = self._cast_input_dtype(x, base.weight.dtype)
         paths = {name: self.choose_path(name, x) for name in active}
         if len(active) == 1 and paths[active[0]] == MERGED and type(base) is nn.Linear:
-            # One matmul with W + dW; the custom backward recomputes dW instead of storing it.
+            # One matmul with W + dW; the custom backward recomputes dW instead of storing it, unless the layer
+            # keeps W + dW between steps (cache_merged_weight).
             name = active[0]
             plan, core, factors, lambdas, placement, scale = self._adapter_operands(name, x)
             kept = self.kept_merged_weight(name, x)
