@@ -288,22 +288,23 @@ def check(device: str, tiny: bool, out: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     sections: dict[str, Any] = {}
     shapes, tokens = (TINY_SHAPES, 16) if tiny else (FULL_SHAPES, 512)
-    sections["paths"] = _section("paths", check_paths, device, shapes, tokens)
-    sections["train"] = _section("train", run_training, device, work, tiny)
-    sections["efficiency"] = _section("efficiency", run_efficiency, tiny, out)
-    result = {
-        "mode": "tiny" if tiny else "LLaMA-2-7B",
-        "environment": environment(device),
-        "wall_s": time.perf_counter() - start,
-        "sections": sections,
-    }
-    write_json_atomic(out / "gpu-check.json", result)
-    (out / "report.md").write_text(render(result))
+    result = {"mode": "tiny" if tiny else "LLaMA-2-7B", "environment": environment(device), "sections": sections}
+    steps = [
+        ("paths", lambda: _section("paths", check_paths, device, shapes, tokens)),
+        ("train", lambda: _section("train", run_training, device, work, tiny)),
+        ("efficiency", lambda: _section("efficiency", run_efficiency, tiny, out)),
+    ]
+    for name, step in steps:
+        sections[name] = step()
+        # Written after every section, so a machine taken back mid-check still returns what was measured.
+        result["wall_s"] = time.perf_counter() - start
+        write_json_atomic(out / "gpu-check.json", result)
+        (out / "report.md").write_text(render(result))
+        if os.environ.get("OUT"):  # the device tool brings back what lands in $OUT (flat, few files)
+            for path in sorted(out.glob("*")):
+                if path.is_file():
+                    shutil.copy2(path, Path(os.environ["OUT"]) / path.name)
     shutil.rmtree(work, ignore_errors=True)
-    if os.environ.get("OUT"):  # the device tool brings back what lands in $OUT (flat, few files)
-        for path in sorted(out.glob("*")):
-            if path.is_file():
-                shutil.copy2(path, Path(os.environ["OUT"]) / path.name)
     return result
 
 
