@@ -315,6 +315,20 @@ def test_a_spec_with_a_base_row_and_a_table_per_task(tmp_path):
     ]
 
 
+def _check_tuned_table_renders(spec, scratch: Path) -> None:
+    """A committed tuned table and its tuning report are what the protocol renders from the committed records."""
+    from experiments import tune_protocol
+
+    scratch.mkdir()
+    (scratch / "runs").symlink_to(RESULTS / "runs")  # the records, read in place; everything rendered lands here
+    plans = tune_protocol.plan_table(spec)
+    found = tune_protocol.cells(plans, RESULTS / "runs" / spec.tuned_records_dir)
+    tune_protocol.render(spec, plans, found, scratch, [])
+    for name in (f"{spec.tuned_out_name}.md", f"{spec.tuned_out_name}.csv", f"{spec.tuned_out_name}-tuning.md"):
+        stale = f"results/{name} is stale: python -m experiments.reproduce {spec.name} --tune --render-only"
+        assert (scratch / name).read_text() == (RESULTS / name).read_text(), stale
+
+
 def test_committed_tables_are_what_the_code_renders_from_the_committed_records(tmp_path):
     """Every table in results/ whose records are committed re-renders byte for byte (tables are never typed)."""
     rendered = set()
@@ -329,7 +343,15 @@ def test_committed_tables_are_what_the_code_renders_from_the_committed_records(t
                 stale = f"results/{kept.name} is stale: python -m experiments.reproduce {name} --render-only"
                 assert fresh.read_text() == kept.read_text(), stale
             rendered.add(spec.out_name)
-    assert {p.stem for p in RESULTS.glob("*.md")} - {"efficiency"} == rendered  # every results table has a spec
+            tuned = RESULTS / f"{spec.tuned_out_name}.md"
+            if spec.tune is not None and tuned.exists() and (RESULTS / "runs" / spec.tuned_records_dir).is_dir():
+                _check_tuned_table_renders(spec, tmp_path / f"tuned-{spec.out_name}")
+                rendered.add(spec.tuned_out_name)
+    # Every results table has a spec; benchmark and tuning reports (beside a tuned table) are not tables.
+    tables = {
+        p.stem for p in RESULTS.glob("*.md") if not p.stem.startswith("efficiency") and not p.stem.endswith("-tuning")
+    }
+    assert tables == rendered
 
     # The decoder tables keep the numbers of their Makefile days: the base row is its own record and trains nothing.
     rows = markdown_rows((tmp_path / "decoder_smollm2.md").read_text())
