@@ -328,11 +328,13 @@ BUSY_CORES = 0.25  # other processes using more than a quarter of a core on aver
 AUTO_LIMIT = 1.05  # the automatic path should be within 5% of the better forced one
 
 
-def _ratio_cell(row: dict[str, Any]) -> str:
-    ratio = row.get("ratio")
-    if not ratio:
-        return "-"
+def _quartile_cell(ratio: dict[str, float]) -> str:
+    """``median (q1-q3)``."""
     return f"{ratio['median']:.2f} ({ratio['q1']:.2f}-{ratio['q3']:.2f})"
+
+
+def _ratio_cell(row: dict[str, Any]) -> str:
+    return _quartile_cell(row["ratio"]) if row.get("ratio") else "-"
 
 
 def _spread(ratio: dict[str, float]) -> float:
@@ -344,7 +346,7 @@ def _vs_base(row: dict[str, Any], base: dict[str, Any], kind: str, phase: str) -
     """A method's inference time over the base model's: the paired median (IQR), else the ratio of the medians."""
     paired = row.get(f"{kind}_vs_base_{phase}")
     if paired:
-        return f"{paired['median']:.2f} ({paired['q1']:.2f}-{paired['q3']:.2f})"
+        return _quartile_cell(paired)
     try:
         return f"{_inference_ratio(row, base, kind, phase):.2f}"
     except (KeyError, ZeroDivisionError):  # not measured in this phase (base and full FT have no unmerged figures)
@@ -678,12 +680,18 @@ class _CpuWatch:
         return max(others, 0.0) / (time.perf_counter() - self.t0)
 
 
-def _timed_steps(bench: _Worker, count: int, failed: dict[str, str], timed: bool = True) -> list[float]:
-    reply = bench.ask({"steps": count, "timed": timed})
+def _ask(bench: _Worker, command: dict[str, Any], failed: dict[str, str]) -> dict[str, Any] | None:
+    """The worker's reply, or None when it failed (its error is recorded in ``failed``; the others go on)."""
+    reply = bench.ask(command)
     if "error" in reply:
         failed[bench.name] = reply["error"]
-        return []
-    return reply["times"]
+        return None
+    return reply
+
+
+def _timed_steps(bench: _Worker, count: int, failed: dict[str, str], timed: bool = True) -> list[float]:
+    reply = _ask(bench, {"steps": count, "timed": timed}, failed)
+    return reply["times"] if reply else []
 
 
 def _rounds(workers: list[_Worker], preset: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
@@ -753,11 +761,8 @@ def _inference_rounds(
     def once(bench: _Worker, kind: str) -> float | None:
         if bench.name in failed:
             return None
-        reply = bench.ask({"infer": kind})
-        if "error" in reply:
-            failed[bench.name] = reply["error"]
-            return None
-        return reply["s"]
+        reply = _ask(bench, {"infer": kind}, failed)
+        return reply["s"] if reply else None
 
     for bench in [*workers, *([base] if base else [])]:  # warm-up: eval-mode kernels, caches, the auto paths
         for kind in INFERENCE_KINDS:
@@ -816,9 +821,7 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
             trainers = [w for w in live if method_spec(_entry(preset, w.name))["method"] != "base"]
             timing = _rounds(trainers, preset, failed)
             for bench in (w for w in trainers if w.name not in failed):
-                reply = bench.ask({"figures": True})  # memory right after training, storage
-                if "error" in reply:
-                    failed[bench.name] = reply["error"]
+                _ask(bench, {"figures": True}, failed)  # memory right after training, storage
             base = next((w for w in live if w not in trainers and w.name not in failed), None)
             adapters = [
                 w for w in trainers if w.name not in failed and method_spec(_entry(preset, w.name))["method"] != "full"
@@ -826,16 +829,12 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
             print("inference rounds, unmerged adapters ...", file=sys.stderr, flush=True)
             unmerged = _inference_rounds(adapters, base, preset, failed)
             for bench in (w for w in adapters if w.name not in failed):
-                reply = bench.ask({"merge": True})
-                if "error" in reply:
-                    failed[bench.name] = reply["error"]
+                _ask(bench, {"merge": True}, failed)
             print("inference rounds, merged ...", file=sys.stderr, flush=True)
             merged = _inference_rounds([w for w in trainers if w.name not in failed], base, preset, failed)
             for bench in (w for w in live if w.name not in failed):
-                reply = bench.ask({"finish": True})
-                if "error" in reply:
-                    failed[bench.name] = reply["error"]
-                else:
+                reply = _ask(bench, {"finish": True}, failed)
+                if reply:
                     rows[bench.name] = reply["row"]
         finally:
             for bench in workers:
