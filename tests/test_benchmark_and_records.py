@@ -156,6 +156,21 @@ def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path, monk
             assert rows[name][key]["median"] > 0, (name, key)
     assert rows["base"]["prefill_ms_merged"] > 0 and "prefill_vs_base_merged" not in rows["base"]
     assert rows["tera"]["merged_max_rel_diff"] < 1e-5 and "merged prefill x base" in report
+    # The report written from the live record reads the same as one re-rendered from the JSON (sorted keys).
+    assert efficiency.render(json.loads((tmp_path / "efficiency-tiny.json").read_text())) == report
+
+
+@pytest.mark.parametrize(
+    "record, report",
+    [
+        ("benchmarks/efficiency-cpu-small.json", "efficiency.md"),
+        ("benchmarks/efficiency-llama2-7b.json", "efficiency-llama2-7b.md"),
+        ("gpu-check/efficiency-llama2-7b.json", "gpu-check/efficiency-llama2-7b.md"),
+    ],
+)
+def test_committed_efficiency_reports_rerender_from_their_records(record, report):
+    results = efficiency.ROOT / "results"
+    assert efficiency.render(json.loads((results / record).read_text())) == (results / report).read_text()
 
 
 def test_bench_presets_compose_through_hydra():

@@ -477,8 +477,11 @@ def render(record: dict[str, Any]) -> str:
                 f"| {c['auto']['method']} | {_ratio_cell(c['auto'])} | {cells[0]} | {cells[1]} | "
                 f"{c['auto_over_best']:.3f} (best: {c['best']}) | {verdict} |"
             )
+        # Sorted: the JSON record stores these keys sorted, and a report re-rendered from it must read the same.
         chosen = [
-            (c["auto"]["method"], label, path) for c in comparisons for label, path in c["auto"]["auto_paths"].items()
+            (c["auto"]["method"], label, c["auto"]["auto_paths"][label])
+            for c in comparisons
+            for label in sorted(c["auto"]["auto_paths"])
         ]
         if chosen:
             lines += ["", "Paths auto chose, per kind of call (median ms per path when timed):", ""]
@@ -487,9 +490,10 @@ def render(record: dict[str, Any]) -> str:
     paired = (record.get("measurement") or {}).get("inference") == "paired with the base model"
     lines += ["", "## Inference", ""]
     if paired:
+        pairs = record["measurement"].get("inference_pairs", 2)  # records older than this field used 2
         lines += [
             f"Inference times: {record['measurement']['rounds']} rounds, every method in turn (order rotated); per "
-            f"round each prefill and decode alternates {INFERENCE_PAIRS} times with the same call of the base model "
+            f"round each prefill and decode alternates {pairs} times with the same call of the base model "
             "and the faster of each side's calls counts; ms is the median over rounds, `x base` the median over "
             "rounds of the ratio to the base model in the same round (IQR). Unmerged first, then merged (the adapter "
             "folded into the weights).",
@@ -856,6 +860,7 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
     ordered = [rows.get(name) or {"method": name, "error": failed.get(name, "no result")} for name in names]
     measurement = {
         "inference": "paired with the base model" if base else "unpaired",
+        "inference_pairs": INFERENCE_PAIRS,
         "rounds": preset["rounds"],
         "steps_per_round": preset["steps"],
         "reference": reference,
