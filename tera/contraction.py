@@ -27,13 +27,20 @@ RANK_SIDE = "rank"
 MODE_SIDE = "mode"
 
 
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``; no dispatcher call when it already is (these paths run per layer and step)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def scaled_factors(
     factors: Sequence[torch.Tensor], lambdas: Sequence[torch.Tensor], placement: str
 ) -> list[torch.Tensor]:
     """``U_n = A_n diag(lambda_n)`` (rank side) or ``diag(lambda_n) A_n`` (mode side), in the factors' dtype."""
+    # Few dispatcher calls matter here: this runs twice per layer and step, on tiny tensors.
+    lambdas = [cast(lam, a.dtype) for a, lam in zip(factors, lambdas)]
     if placement == RANK_SIDE:
-        return [a * lam.to(a.dtype)[None, :] for a, lam in zip(factors, lambdas)]
-    return [lam.to(a.dtype)[:, None] * a for a, lam in zip(factors, lambdas)]
+        return [a * lam for a, lam in zip(factors, lambdas)]  # broadcast over rows: A_n diag(lambda_n)
+    return [lam.unsqueeze(1) * a for a, lam in zip(factors, lambdas)]
 
 
 def mode_product(tensor: torch.Tensor, shape: list[int], mode: int, matrix: torch.Tensor) -> torch.Tensor:
@@ -44,10 +51,10 @@ def mode_product(tensor: torch.Tensor, shape: list[int], mode: int, matrix: torc
     lead = math.prod(shape[:mode])
     trail = math.prod(shape[mode + 1 :])
     if trail == 1:
-        out = tensor.reshape(lead, shape[mode]) @ matrix.t()
+        out = torch.mm(tensor.reshape(lead, shape[mode]), matrix.t())
     elif lead == 1:
-        out = matrix @ tensor.reshape(shape[mode], trail)
-    else:
+        out = torch.mm(matrix, tensor.reshape(shape[mode], trail))
+    else:  # bmm on a broadcast view of the matrix: what matmul does, in fewer dispatcher calls
         out = torch.matmul(matrix, tensor.reshape(lead, shape[mode], trail))
     shape[mode] = matrix.shape[0]
     return out
@@ -112,6 +119,10 @@ def _kron(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def _leave_one_out(tensor: torch.Tensor, vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """For each mode n: ``tensor`` contracted with every ``vectors[k]``, k != n, over its mode k (a vector)."""
+    if len(vectors) == 1:
+        return [tensor]
+    if len(vectors) == 2:  # the default tensor order: two matrix-vector products instead of two einsums
+        return [torch.mv(tensor, vectors[1]), torch.mv(tensor.t(), vectors[0])]
     letters = "abcdefghijklmnopqrstuvwxyz"[: tensor.dim()]
     grads = []
     for n in range(len(vectors)):
@@ -141,10 +152,12 @@ def rank_lambda_grads(
     g_proj = project(g2, plan.out_modes, [a.t() for a in factors[:p]])  # tokens x prod(R_out)
     x_proj = project(x2, plan.in_modes, [a.t() for a in factors[p:]])  # tokens x prod(R_in)
     weighted = (g_proj.t() @ x_proj).mul_(core.reshape(g_proj.shape[1], x_proj.shape[1]))
-    lams = [lam.to(weighted.dtype) for lam in lambdas]
+    lams = [cast(lam, weighted.dtype) for lam in lambdas]
     by_out = (weighted @ _kron(lams[p:])).reshape(plan.out_ranks)
     by_in = (_kron(lams[:p]) @ weighted).reshape(plan.in_ranks)
-    return [grad * scale for grad in (*_leave_one_out(by_out, lams[:p]), *_leave_one_out(by_in, lams[p:]))]
+    if scale != 1.0:
+        by_out, by_in = by_out * scale, by_in * scale
+    return [*_leave_one_out(by_out, lams[:p]), *_leave_one_out(by_in, lams[p:])]
 
 
 class _MergedLinear(torch.autograd.Function):
@@ -175,26 +188,26 @@ class _MergedLinear(torch.autograd.Function):
         lambda_needs = needs[_MergedLinear._LEADING + ctx.num_factors :]
         plan, placement, scale = ctx.plan, ctx.placement, ctx.scale
         g2 = grad_out.reshape(-1, plan.d_out)
-        x2 = x.reshape(-1, plan.d_in).to(g2.dtype)
+        x2 = cast(x.reshape(-1, plan.d_in), g2.dtype)
 
         grad_x = grad_w = grad_b = None
         if needs[0]:
             if merged is None:  # recompute W + dW (one chain) rather than keep it alive since the forward
                 merged = _merged_weight(plan, weight, core, factors, lambdas, placement, scale)
-            grad_x = (g2 @ merged.to(g2.dtype)).reshape(x.shape).to(x.dtype)
+            grad_x = cast((g2 @ cast(merged, g2.dtype)).reshape(x.shape), x.dtype)
             del merged
         if needs[1]:
-            grad_w = (g2.t() @ x2).to(weight.dtype)  # a trainable base weight: dL/dW = dL/d(W + dW) = g^T x
+            grad_w = cast(g2.t() @ x2, weight.dtype)  # a trainable base weight: dL/dW = dL/d(W + dW) = g^T x
         grad_lambdas: list[torch.Tensor | None] = [None] * len(lambdas)
         if any(lambda_needs):
             if placement == RANK_SIDE:
                 grads = rank_lambda_grads(
-                    plan, x2, g2, core.to(g2.dtype), [f.to(g2.dtype) for f in factors], lambdas, scale
+                    plan, x2, g2, cast(core, g2.dtype), [cast(f, g2.dtype) for f in factors], lambdas, scale
                 )
             else:  # mode-side diagonals (an ablation): autograd through a recomputed chain, fed with g^T x
                 grads = _autograd_lambda_grads(plan, x2, g2, core, factors, lambdas, placement, scale)
             grad_lambdas = [
-                grad.to(lam.dtype) if need else None for grad, lam, need in zip(grads, lambdas, lambda_needs)
+                cast(grad, lam.dtype) if need else None for grad, lam, need in zip(grads, lambdas, lambda_needs)
             ]
         if ctx.has_bias and needs[3]:
             grad_b = g2.sum(0)

@@ -29,6 +29,13 @@ def factor_group(plan: TensorPlan, module_name: str | None, share_factors: bool)
     return f"{plan.key}__{module_name.replace('.', '_')}"
 
 
+def _on(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``tensor`` in ``dtype`` on ``device``, without a dispatcher call when it already is (every forward asks)."""
+    if tensor.dtype == dtype and tensor.device == device:
+        return tensor
+    return tensor.to(device=device, dtype=dtype)
+
+
 def core_key(group: str) -> str:
     return f"{group}_core"
 
@@ -121,8 +128,8 @@ class TeraLayer(BaseTunerLayer):
     def shared_factors(self, adapter_name: str, dtype: torch.dtype, device: torch.device):
         plan, group = self.tera_plan[adapter_name], self.tera_factor_group[adapter_name]
         shared = self._tera_shared
-        core = shared[core_key(group)].to(device=device, dtype=dtype)
-        factors = [shared[factor_key(group, n)].to(device=device, dtype=dtype) for n in range(len(plan.modes))]
+        core = _on(shared[core_key(group)], dtype, device)
+        factors = [_on(shared[factor_key(group, n)], dtype, device) for n in range(len(plan.modes))]
         return core, factors
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
