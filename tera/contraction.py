@@ -54,7 +54,7 @@ def mode_product(tensor: torch.Tensor, shape: list[int], mode: int, matrix: torc
         out = torch.mm(tensor.reshape(lead, shape[mode]), matrix.t())
     elif lead == 1:
         out = torch.mm(matrix, tensor.reshape(shape[mode], trail))
-    else:  # bmm on a broadcast view of the matrix: what matmul does, in fewer dispatcher calls
+    else:
         out = torch.matmul(matrix, tensor.reshape(lead, shape[mode], trail))
     shape[mode] = matrix.shape[0]
     return out

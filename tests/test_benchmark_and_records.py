@@ -125,6 +125,33 @@ def test_auto_is_compared_with_its_forced_siblings_only():
     assert set(found["tera-half"]["forced"]) == {"factorised"} and found["tera-half"]["auto_over_best"] == 1.0
 
 
+def test_auto_that_ran_the_best_forced_path_everywhere_is_not_failed_for_process_noise():
+    def rows(auto_ratio, paths):
+        return [
+            {"method": "lora", "peft": {}, "ratio": _ratio(1.0)},
+            {"method": "tera", "peft": {"forward_path": "auto"}, "ratio": _ratio(auto_ratio), "auto_paths": paths},
+            {"method": "tera-m", "peft": {"forward_path": "merged"}, "ratio": _ratio(1.30)},
+            {"method": "tera-f", "peft": {"forward_path": "factorised"}, "ratio": _ratio(1.60)},
+        ]
+
+    merged_only = {"p1 rank train <=512 tokens float32": "merged (timed: ...)", "p1 rank eval <=8 tokens": "factorised"}
+    (same,) = efficiency.auto_vs_forced({"rows": rows(1.40, merged_only)})
+    assert same["same_path"] and efficiency.auto_verdict(same) == "met (same path on every call)"
+    mixed = dict(merged_only, **{"p2 rank train <=512 tokens float32": "factorised (timed: ...)"})
+    (chose_otherwise,) = efficiency.auto_vs_forced({"rows": rows(1.40, mixed)})
+    assert not chose_otherwise["same_path"] and efficiency.auto_verdict(chose_otherwise) == "missed"
+    (close,) = efficiency.auto_vs_forced({"rows": rows(1.32, mixed)})
+    assert efficiency.auto_verdict(close) == "met"
+    # The CPU target shows the forced twin as a second reading of the same computation; the verdict stays auto's.
+    record = {"preset": {"device": "cpu"}, "rows": rows(1.44, merged_only)}
+    for row in record["rows"]:
+        row.update(step_ms=10.0, adapter_file_bytes=1024)
+    record["rows"][0]["method"] = "lora-r32"
+    text = "\n".join(efficiency.targets(record))
+    assert "full-rank TeRA (auto) train step vs LoRA: 1.440x (target <= 1.4x): missed" in text
+    assert "the same computation in a second process (tera-m, forced merged" in text and "): 1.300x" in text
+
+
 def test_measurement_notes_flag_a_busy_machine_and_a_wide_spread():
     rows = [{"method": "lora", "ratio": _ratio(1.0)}, {"method": "tera", "ratio": _ratio(1.5, 1.3, 1.7)}]
     base = {"rounds": 9, "steps_per_round": 3, "reference": "lora", "load_before": 0.1, "loads": [2.1], "cores": 2}
