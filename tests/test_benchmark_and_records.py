@@ -187,10 +187,25 @@ def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path, monk
     assert efficiency.render(json.loads((tmp_path / "efficiency-tiny.json").read_text())) == report
 
 
+def test_identical_entries_report_the_noise_between_processes():
+    preset = {
+        "methods": [
+            "lora",
+            {"name": "t-a", "method": "tera", "peft": {"forward_path": "merged"}},
+            {"name": "t-b", "method": "tera", "peft": {"forward_path": "merged"}},
+            {"name": "t-f", "method": "tera", "peft": {"forward_path": "factorised"}},
+        ]
+    }
+    rows = [{"method": n, "ratio": _ratio(v)} for n, v in (("lora", 1.0), ("t-a", 1.30), ("t-b", 1.43), ("t-f", 1.6))]
+    (line,) = efficiency._twin_notes({"preset": preset, "rows": rows})
+    assert line.startswith("Identical entries t-a, t-b (separate processes, same computation): ratios 1.30-1.43, 10.0%")
+
+
 @pytest.mark.parametrize(
     "record, report",
     [
         ("benchmarks/efficiency-cpu-small.json", "efficiency.md"),
+        ("benchmarks/efficiency-cpu-twins.json", "efficiency-cpu-twins.md"),
         ("benchmarks/efficiency-llama2-7b.json", "efficiency-llama2-7b.md"),
         ("gpu-check/efficiency-llama2-7b.json", "gpu-check/efficiency-llama2-7b.md"),
     ],

@@ -15,8 +15,8 @@ adapter file size (as saved, and with the shared frozen factors added), merge ti
 prefill of a batch and per-token decode with a KV cache.  For TeRA it also lists which path ``forward_path=auto``
 chose per kind of call, and compares auto with the forced paths.  Models are built from a config with random weights
 (honest for cost, not accuracy).  Needs torch, transformers, peft and PyYAML (a transformers dependency), nothing from
-the network.  Writes ``results/benchmarks/efficiency-<preset>.json`` and ``results/efficiency.md`` (or ``--report``)
-and prints the table last.
+the network.  Writes ``results/benchmarks/efficiency-<preset>.json`` and ``results/efficiency.md`` (for other presets
+``results/efficiency-<preset>.md``, or ``--report``) and prints the table last.
 """
 
 from __future__ import annotations
@@ -389,6 +389,28 @@ def measurement_notes(record: dict[str, Any]) -> list[str]:
     if not busy and not wide:
         lines.append(
             f"Quiet machine, every ratio's interquartile range within {100 * SPREAD_LIMIT:.0f}% of its median."
+        )
+    lines += _twin_notes(record)
+    return lines
+
+
+def _twin_notes(record: dict[str, Any]) -> list[str]:
+    """Entries of the same method with the same options (the cpu-twins preset) compute the same thing in separate
+    processes: the spread of their ratios is the noise between processes."""
+    entries = [e if isinstance(e, dict) else {"name": e} for e in record.get("preset", {}).get("methods", [])]
+    # The preset's own words (method and overrides), not conf/method, so that an old record renders the same.
+    specs = {e["name"]: json.dumps([e.get("method", e["name"]), e.get("peft")], sort_keys=True) for e in entries}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in record["rows"]:
+        if row["method"] in specs and row.get("ratio"):
+            groups.setdefault(specs[row["method"]], []).append(row)
+    lines = []
+    for twins in (g for g in groups.values() if len(g) > 1):
+        ratios = [r["ratio"]["median"] for r in twins]
+        lines.append(
+            f"Identical entries {', '.join(r['method'] for r in twins)} (separate processes, same computation): "
+            f"ratios {min(ratios):.2f}-{max(ratios):.2f}, {100 * (max(ratios) / min(ratios) - 1):.1f}% apart: the "
+            "noise between processes on this machine."
         )
     return lines
 
@@ -926,7 +948,8 @@ def _entry(preset: dict[str, Any], name: str) -> str | dict[str, Any]:
 
 
 def default_report(preset: dict[str, Any]) -> Path:
-    return ROOT / "results" / ("efficiency.md" if preset["name"] != "tiny" else "efficiency-tiny.md")
+    """``results/efficiency.md`` for the main CPU preset, ``results/efficiency-<preset>.md`` for any other."""
+    return ROOT / "results" / ("efficiency.md" if preset["name"] == "cpu-small" else f"efficiency-{preset['name']}.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -936,7 +959,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the preset's methods")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # child-process mode: one method, JSON lines
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
-    parser.add_argument("--report", type=Path, default=None, help="Markdown report (default results/efficiency.md)")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="Markdown report (default results/efficiency[-<preset>].md)"
+    )
     args = parser.parse_args(argv)
     preset = json.loads(args.preset_file.read_text()) if args.preset_file else load_preset(args.preset)
     if args.worker:
