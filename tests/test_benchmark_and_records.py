@@ -37,6 +37,17 @@ def test_measure_one_method_at_tiny_shapes(name):
         assert row["shared_frozen_bytes"] == 0
 
 
+def test_a_mistaken_preset_or_method_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        efficiency.load_preset("nope")
+    assert stop.value.code == 2 and "unknown preset 'nope'; choose one of: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        efficiency.run_all(TINY, tmp_path, tmp_path / "eff.md", methods=["lora", "lroa"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: preset 'tiny' has no method lroa; choose from: ")
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_method_spec_reads_conf_method_and_overrides():
     assert efficiency.method_spec("vera")["peft"]["r"] == 256
     spec = efficiency.method_spec({"name": "lora-r32", "method": "lora", "peft": {"r": 32}})

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
@@ -40,11 +40,18 @@ PRESETS = ROOT / "conf" / "bench"
 METHOD_CONF = ROOT / "conf" / "method"
 
 
+def _user_error(message: str) -> NoReturn:
+    """A mistake in what was asked for: one sentence on stderr and exit status 2, before anything is measured or
+    written (the committed report and record stay as they were)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def load_preset(name: str) -> dict[str, Any]:
     path = PRESETS / f"{name}.yaml"
     if not path.exists():
         choices = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        raise SystemExit(f"error: unknown preset {name!r}; choose one of: {choices}.")
+        _user_error(f"unknown preset {name!r}; choose one of: {choices}.")
     return yaml.safe_load(path.read_text())
 
 
@@ -624,10 +631,10 @@ def targets(record: dict[str, Any]) -> list[str]:
         check("full-rank TeRA (auto) train step vs LoRA", _step_ratio(tera, lora), 1.40)
         twin = next((c for c in auto_vs_forced(record) if c["auto"] is tera and c["same_path"]), None)
         if twin:  # a second sample of the same computation, from another process: how far one reading can move
+            forced = twin["forced"][twin["best"]]
             lines.append(
-                f"  - the same computation in a second process ({twin['forced'][twin['best']]['method']}, forced "
-                f"{twin['best']}, which auto chose for every training call): "
-                f"{_step_ratio(twin['forced'][twin['best']], lora):.3f}x"
+                f"  - the same computation in a second process ({forced['method']}, forced {twin['best']}, which auto "
+                f"chose for every training call): {_step_ratio(forced, lora):.3f}x"
             )
         if cached:
             check(f"{kept}: train step vs LoRA", _step_ratio(cached, lora), 1.40)
@@ -860,10 +867,12 @@ def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[s
     from experiments.records import environment, write_json_atomic
 
     if preset["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(
-            f"error: preset {preset['name']!r} needs a CUDA GPU; use the cpu-small preset on this machine."
-        )
-    names = [method_spec(e)["name"] for e in preset["methods"] if methods is None or method_spec(e)["name"] in methods]
+        _user_error(f"preset {preset['name']!r} needs a CUDA GPU; use the cpu-small preset on this machine.")
+    known = [method_spec(e)["name"] for e in preset["methods"]]
+    unknown = [name for name in methods or [] if name not in known]
+    if unknown:
+        _user_error(f"preset {preset['name']!r} has no method {', '.join(unknown)}; choose from: {', '.join(known)}.")
+    names = [name for name in known if methods is None or name in methods]
     env = child_env()
     load_before = os.getloadavg()[0]
     failed: dict[str, str] = {}
