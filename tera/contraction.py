@@ -27,9 +27,12 @@ RANK_SIDE = "rank"
 MODE_SIDE = "mode"
 
 
-def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``tensor`` in ``dtype``; no dispatcher call when it already is (these paths run per layer and step)."""
-    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+def cast(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """``tensor`` in ``dtype`` (and on ``device``); no dispatcher call when it already is (these paths run per layer
+    and step)."""
+    if tensor.dtype == dtype and (device is None or tensor.device == device):
+        return tensor
+    return tensor.to(dtype=dtype) if device is None else tensor.to(device=device, dtype=dtype)
 
 
 def scaled_factors(

@@ -11,7 +11,7 @@ from torch import nn
 
 from .autotune import pick_path
 from .config import TeraConfig
-from .contraction import delta_weight, factorised_delta, merged_linear, merged_weight
+from .contraction import cast, delta_weight, factorised_delta, merged_linear, merged_weight
 from .cost import FACTORISED, MERGED
 from .tensorize import TensorPlan
 from .tuners_utils import MergeByDeltaWeight
@@ -27,13 +27,6 @@ def factor_group(plan: TensorPlan, module_name: str | None, share_factors: bool)
     if not module_name:
         raise ValueError("TeRA with share_factors=False needs the name of every adapted module to seed its factors.")
     return f"{plan.key}__{module_name.replace('.', '_')}"
-
-
-def _on(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``tensor`` in ``dtype`` on ``device``, without a dispatcher call when it already is (every forward asks)."""
-    if tensor.dtype == dtype and tensor.device == device:
-        return tensor
-    return tensor.to(device=device, dtype=dtype)
 
 
 def core_key(group: str) -> str:
@@ -128,8 +121,8 @@ class TeraLayer(BaseTunerLayer):
     def shared_factors(self, adapter_name: str, dtype: torch.dtype, device: torch.device):
         plan, group = self.tera_plan[adapter_name], self.tera_factor_group[adapter_name]
         shared = self._tera_shared
-        core = _on(shared[core_key(group)], dtype, device)
-        factors = [_on(shared[factor_key(group, n)], dtype, device) for n in range(len(plan.modes))]
+        core = cast(shared[core_key(group)], dtype, device)
+        factors = [cast(shared[factor_key(group, n)], dtype, device) for n in range(len(plan.modes))]
         return core, factors
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
