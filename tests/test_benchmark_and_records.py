@@ -48,6 +48,20 @@ def test_a_mistaken_preset_or_method_exits_2_with_one_sentence_and_writes_nothin
     assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_exits_130_with_one_line_and_keeps_the_previous_report(tmp_path, monkeypatch, capsys):
+    report = tmp_path / "eff.md"
+    report.write_text("previous")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(efficiency, "_measure_and_write", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        efficiency.run_all(TINY, tmp_path, report)
+    assert stop.value.code == 130 and capsys.readouterr().err.startswith("interrupted: nothing written; ")
+    assert report.read_text() == "previous"
+
+
 def test_method_spec_reads_conf_method_and_overrides():
     assert efficiency.method_spec("vera")["peft"]["r"] == 256
     spec = efficiency.method_spec({"name": "lora-r32", "method": "lora", "peft": {"r": 32}})

@@ -862,7 +862,20 @@ def _inference_figures(row: dict[str, Any], timing: dict[str, list[float]], phas
 
 
 def run_all(preset: dict[str, Any], out_dir: Path, report: Path, methods: list[str] | None = None) -> dict[str, Any]:
-    """Measure every method of ``preset`` (each in its own process, timed round-robin), write the record and report."""
+    """Measure every method of ``preset`` (each in its own process, timed round-robin), write the record and report.
+
+    Ctrl-C stops it with one line and exit status 130: the record and report are written only at the end, so the
+    previous ones stay as they were, and the method processes are closed."""
+    try:
+        return _measure_and_write(preset, out_dir, report, methods)
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing written; {report} and its record are as they were.", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _measure_and_write(
+    preset: dict[str, Any], out_dir: Path, report: Path, methods: list[str] | None
+) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from experiments.records import environment, write_json_atomic
 
