@@ -9,6 +9,7 @@ out-of-tree tuners, so a process that loads a TeRA adapter must ``import tera`` 
 from . import autotune
 from .analysis import LayerReport, adapter_report, register_effective_delta, register_rank_bound
 from .config import PEFT_TYPE, TeraConfig, TeraPeftType
+from .contraction import release_scratch
 from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
 from .layer import Linear, TeraLayer
 from .model import SharedFactorsMismatch, TeraModel
@@ -41,4 +42,5 @@ __all__ = [
     "register_effective_delta",
     "register_rank_bound",
     "register_tuner",
+    "release_scratch",
 ]

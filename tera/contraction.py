@@ -11,11 +11,18 @@ Notation: ``dW = scale * G x_1 U_1 ... x_N U_N`` reshaped to ``d_out x d_in`` wi
   one core-sized matmul of the output gradient and the input, both projected onto the frozen factors
   (:func:`rank_lambda_grads`): no ``g^T x``, no autograd through a second chain.  On a 2-core CPU at 512 tokens this
   cut a 512 x 512 layer's forward + backward from 2.6x to 1.65x full fine-tuning's.
+
+On CPU the merged path writes its weight-sized temporaries (the chain's intermediates, ``W + dW``, the weighted
+core-sized product) into a per-thread :class:`Scratch` of reused buffers instead of fresh allocations: glibc hands
+out blocks that large with ``mmap``, so every fresh one costs page faults and zero-filling, per layer and pass. The
+buffers are shared by every layer (a few of the largest adapted weight's size, not one per layer), so the memory rule
+holds; :func:`release_scratch` frees them.  CUDA's caching allocator already reuses blocks, so CUDA skips this.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +42,47 @@ def cast(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device | None =
     return tensor.to(dtype=dtype) if device is None else tensor.to(device=device, dtype=dtype)
 
 
+class Scratch(threading.local):
+    """Reused buffers for the merged path's weight-sized temporaries, one set per thread (so two threads running the
+    model never write into each other's), keyed by a slot name, dtype and device; each grows to the largest use."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def take(self, slot: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat buffer of ``numel`` elements for ``slot``: valid until the next ``take`` of the same slot."""
+        key = (slot, dtype, device)
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < numel:
+            self.buffers.pop(key, None)  # free the smaller one first
+            # A normal tensor even under inference_mode, so that later training steps may write into it.
+            with torch.inference_mode(False):
+                buffer = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[key] = buffer
+        return buffer[:numel]
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+
+
+_SCRATCH = Scratch()
+
+
+def scratch() -> Scratch:
+    """This thread's buffers for the merged path (see the module docstring)."""
+    return _SCRATCH
+
+
+def release_scratch() -> None:
+    """Free this thread's merged-path buffers (they are rebuilt on the next CPU forward that needs them)."""
+    _SCRATCH.buffers.clear()
+
+
+def uses_scratch(tensor: torch.Tensor) -> bool:
+    """Whether the merged path writes its temporaries for ``tensor``'s device into :class:`Scratch` buffers."""
+    return tensor.device.type == "cpu"
+
+
 def scaled_factors(
     factors: Sequence[torch.Tensor], lambdas: Sequence[torch.Tensor], placement: str
 ) -> list[torch.Tensor]:
@@ -46,21 +94,29 @@ def scaled_factors(
     return [lam.unsqueeze(1) * a for a, lam in zip(factors, lambdas)]
 
 
-def mode_product(tensor: torch.Tensor, shape: list[int], mode: int, matrix: torch.Tensor) -> torch.Tensor:
+def mode_product(
+    tensor: torch.Tensor, shape: list[int], mode: int, matrix: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Multiply mode ``mode`` of ``tensor`` (logical shape ``shape``) by ``matrix`` (new_size x old_size).
 
     Works on a contiguous ``(lead, old, trail)`` view, so no permute copies are made; ``shape`` is updated in place.
+    ``out``: a flat buffer of the result's size to write into instead of a new tensor.
     """
     lead = math.prod(shape[:mode])
     trail = math.prod(shape[mode + 1 :])
+    new = matrix.shape[0]
     if trail == 1:
-        out = torch.mm(tensor.reshape(lead, shape[mode]), matrix.t())
+        result = torch.mm(tensor.reshape(lead, shape[mode]), matrix.t(), out=_view(out, lead, new))
     elif lead == 1:
-        out = torch.mm(matrix, tensor.reshape(shape[mode], trail))
+        result = torch.mm(matrix, tensor.reshape(shape[mode], trail), out=_view(out, new, trail))
     else:
-        out = torch.matmul(matrix, tensor.reshape(lead, shape[mode], trail))
-    shape[mode] = matrix.shape[0]
-    return out
+        result = torch.matmul(matrix, tensor.reshape(lead, shape[mode], trail), out=_view(out, lead, new, trail))
+    shape[mode] = new
+    return result
+
+
+def _view(buffer: torch.Tensor | None, *shape: int) -> torch.Tensor | None:
+    return None if buffer is None else buffer.view(*shape)
 
 
 def materialise(plan: TensorPlan, core: torch.Tensor, mats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -154,7 +210,9 @@ def rank_lambda_grads(
     p = plan.num_out_modes
     g_proj = project(g2, plan.out_modes, [a.t() for a in factors[:p]])  # tokens x prod(R_out)
     x_proj = project(x2, plan.in_modes, [a.t() for a in factors[p:]])  # tokens x prod(R_in)
-    weighted = (g_proj.t() @ x_proj).mul_(core.reshape(g_proj.shape[1], x_proj.shape[1]))
+    rows, cols = g_proj.shape[1], x_proj.shape[1]
+    buffer = scratch().take("weighted", rows * cols, g_proj.dtype, g_proj.device) if uses_scratch(g_proj) else None
+    weighted = torch.mm(g_proj.t(), x_proj, out=_view(buffer, rows, cols)).mul_(core.reshape(rows, cols))
     lams = [cast(lam, weighted.dtype) for lam in lambdas]
     by_out = (weighted @ _kron(lams[p:])).reshape(plan.out_ranks)
     by_in = (_kron(lams[:p]) @ weighted).reshape(plan.in_ranks)
@@ -229,22 +287,37 @@ def merged_weight(
 ) -> torch.Tensor:
     """``W + dW`` in the weight's dtype, outside autograd: what a layer that keeps it between steps stores."""
     with torch.no_grad():
-        return _merged_weight(plan, weight, core, factors, lambdas, placement, scale)
+        return _merged_weight(plan, weight, core, factors, lambdas, placement, scale, transient=False)
 
 
-def _merged_weight(plan, weight, core, factors, lambdas, placement, scale) -> torch.Tensor:
+def _merged_weight(plan, weight, core, factors, lambdas, placement, scale, transient=True) -> torch.Tensor:
     """``W + dW`` in the weight's dtype: the chain's last mode product adds into ``W`` itself (one ``addmm``, whose
-    output is laid out as ``W``), so no separate ``dW`` is written and read back."""
+    output is laid out as ``W``), so no separate ``dW`` is written and read back.
+
+    ``transient``: the caller uses the result at once and drops it (the merged path's forward and backward), so on CPU
+    it and the chain's intermediates may live in this thread's :class:`Scratch` buffers, valid until the next call.
+    """
     mats = scaled_factors(factors, lambdas, placement)
     if core.dtype != weight.dtype:
         return torch.add(weight, materialise(plan, core, mats).to(weight.dtype), alpha=scale)
+    buffers = scratch() if transient and uses_scratch(weight) else None
     shape = list(core.shape)
     tensor = core
     for mode, mat in enumerate(mats[:-1]):
-        tensor = mode_product(tensor, shape, mode, mat)
+        size = math.prod(shape) // shape[mode] * mat.shape[0]
+        # Two slots, used in turn: each product reads the previous one's result.
+        out = None if buffers is None else buffers.take(f"chain{mode % 2}", size, core.dtype, core.device)
+        tensor = mode_product(tensor, shape, mode, mat, out=out)
     last = plan.modes[-1]
     rows = weight.numel() // last
-    merged = torch.addmm(weight.reshape(rows, last), tensor.reshape(rows, shape[-1]), mats[-1].t(), alpha=scale)
+    out = None if buffers is None else buffers.take("merged", weight.numel(), weight.dtype, weight.device)
+    merged = torch.addmm(
+        weight.reshape(rows, last),
+        tensor.reshape(rows, shape[-1]),
+        mats[-1].t(),
+        alpha=scale,
+        out=_view(out, rows, last),
+    )
     return merged.reshape(plan.d_out, plan.d_in)
 
 
