@@ -34,12 +34,15 @@ def _seed(prng_key: int, stream: str) -> int:
 def _orthonormal_columns(gaussian: torch.Tensor) -> torch.Tensor:
     """Q of the QR decomposition of a tall Gaussian matrix, with signs fixed by diag(R) so Q is unique.
 
-    Done in float64 and rounded to float32, so different LAPACK builds agree to the last bit in practice.
+    Done in float64 and rounded to float32, so different LAPACK builds agree to the last bit in practice.  Returned
+    row-major: LAPACK's Q is column-major, and a factor loaded from a file (``save_projection``, PEFT's
+    ``low_cpu_mem_usage`` assigning tensors as read) is row-major, so a regenerated factor of another layout would
+    take other matmul kernels and give an adapter whose outputs differ in the last bits from the one that was saved.
     """
     q, r = torch.linalg.qr(gaussian.to(torch.float64), mode="reduced")
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1.0
-    return (q * signs).to(torch.float32)
+    return (q * signs).to(torch.float32).contiguous()
 
 
 def generate_factors(plan: TensorPlan, prng_key: int, stream: str | None = None) -> SharedFactors:

@@ -61,7 +61,13 @@ TEST_CASES: list[tuple[str, Any, type[PeftConfig], dict[str, Any]]] = [
 CASES = [pytest.param(model, cls, kwargs, id=name) for name, model, cls, kwargs in TEST_CASES]
 CONFIG_CLASSES = sorted({cls for _, _, cls, _ in TEST_CASES}, key=lambda cls: cls.__name__)
 
-TIGHT = {"rtol": 1e-5, "atol": 1e-5}  # float32 paths that compute the same thing in another order
+
+def _assert_tight(got: torch.Tensor, want: torch.Tensor) -> None:
+    """float32 paths that compute the same thing in another order: equal to 1e-5 relative to the tensor's largest
+    entry, since an entry near zero carries the rounding error of the large terms that cancelled in it (the toy models'
+    outputs reach about 50, where float32 rounding alone is some 1e-5)."""
+    scale = max(1.0, want.detach().abs().max().item())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale)
 
 
 def _config(config_cls, kwargs, **overrides) -> PeftConfig:
@@ -181,7 +187,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_fn, config_cls, k
     grads = torch.autograd.grad(loss, params)
     assert len(calls) == 2  # the adapted layer ran again during backward: activations were not kept
     for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, **TIGHT)
+        _assert_tight(got, want)
 
 
 @pytest.mark.parametrize("model_fn, config_cls, kwargs", CASES)
@@ -221,16 +227,16 @@ def test_merge_unmerge_is_exact_and_idempotent(model_fn, config_cls, kwargs):
     model.merge_adapter()
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     assert layers and all(layer.merged for layer in layers)
-    torch.testing.assert_close(_eval_output(model, inputs), expected, **TIGHT)
+    _assert_tight(_eval_output(model, inputs), expected)
     with pytest.warns(UserWarning, match="All adapters are already merged, nothing to do"):
         model.merge_adapter()  # a second merge must not add the update twice
-    torch.testing.assert_close(_eval_output(model, inputs), expected, **TIGHT)
+    _assert_tight(_eval_output(model, inputs), expected)
     model.unmerge_adapter()
     assert not any(layer.merged for layer in layers)
     after = _tensors(model)
     for name, weight in base_weights.items():
-        torch.testing.assert_close(after[name], weight, **TIGHT)
-    torch.testing.assert_close(_eval_output(model, inputs), expected, **TIGHT)
+        _assert_tight(after[name], weight)
+    _assert_tight(_eval_output(model, inputs), expected)
 
 
 @pytest.mark.parametrize("model_fn, config_cls, kwargs", CASES)
@@ -239,7 +245,7 @@ def test_safe_merge_matches_and_refuses_a_broken_adapter(model_fn, config_cls, k
     inputs = example_inputs(model)
     expected = _eval_output(model, inputs)
     model.merge_adapter(safe_merge=True)
-    torch.testing.assert_close(_eval_output(model, inputs), expected, **TIGHT)
+    _assert_tight(_eval_output(model, inputs), expected)
     model.unmerge_adapter()
 
     for bad in (float("nan"), float("inf")):
@@ -265,7 +271,7 @@ def test_merge_and_unload_and_unload(model_fn, config_cls, kwargs):
     assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules())
     assert type(merged) is type(pristine)
     assert {n for n, _ in merged.named_parameters()} == {n for n, _ in pristine.named_parameters()}
-    torch.testing.assert_close(_eval_output(merged, inputs), expected, **TIGHT)
+    _assert_tight(_eval_output(merged, inputs), expected)
 
     pristine, model = _make(model_fn, config_cls, kwargs)
     unloaded = model.unload()  # the base model as it was, weights untouched
@@ -432,8 +438,8 @@ def test_disable_adapter_gives_the_base_model(model_fn, config_cls, kwargs):
     torch.testing.assert_close(_eval_output(model, inputs), adapted, rtol=0, atol=0)
     model.merge_adapter()
     with model.disable_adapter():  # a merged adapter is unmerged first
-        torch.testing.assert_close(_eval_output(model, inputs), base_out, **TIGHT)
-    torch.testing.assert_close(_eval_output(model, inputs), adapted, **TIGHT)
+        _assert_tight(_eval_output(model, inputs), base_out)
+    _assert_tight(_eval_output(model, inputs), adapted)
 
 
 @pytest.mark.parametrize("model_fn, config_cls, kwargs", CASES)
@@ -458,7 +464,7 @@ def test_several_adapters(model_fn, config_cls, kwargs):
     model.base_model.set_adapter(["default", "other"])
     both = _eval_output(model, inputs)
     model.merge_adapter(["default", "other"])
-    torch.testing.assert_close(_eval_output(model, inputs), both, **TIGHT)
+    _assert_tight(_eval_output(model, inputs), both)
     model.unmerge_adapter()
     assert not torch.allclose(both, out_default) and not torch.allclose(both, out_other)
 
@@ -480,8 +486,8 @@ def test_delete_adapter_leaves_the_model_as_before(model_fn, config_cls, kwargs)
     after = _tensors(model)
     assert after.keys() == before.keys()  # no parameter or buffer of the deleted adapter is left
     for name in before:  # base weights went through a merge and an unmerge
-        torch.testing.assert_close(after[name], before[name], **TIGHT)
-    torch.testing.assert_close(_eval_output(model, inputs), expected, **TIGHT)
+        _assert_tight(after[name], before[name])
+    _assert_tight(_eval_output(model, inputs), expected)
     with pytest.raises(ValueError, match="Adapter unknown does not exist"):
         model.delete_adapter("unknown")
 
