@@ -28,11 +28,27 @@ def package_versions(packages=PACKAGES) -> dict[str, str | None]:
     return versions
 
 
+def _cpu_model() -> str:
+    """The processor's marketing name (Linux's /proc/cpuinfo; elsewhere what ``platform`` knows), or ''."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def device_description(device: torch.device | str | None = None) -> str:
+    """What ran the numbers: the GPU's name, or the CPU's model, the vector kernels torch uses and the core count
+    (two CPUs of one architecture can differ twofold in step time and in which method is cheaper)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+    name = " ".join(part for part in (platform.machine(), _cpu_model()) if part)
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    kernels = f", {capability} kernels" if capability else ""
+    return f"CPU {name}{kernels} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
 
 
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """The efficiency benchmark measures real figures at tiny shapes; records are written atomically."""
 
 import json
+import os
+import platform
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from experiments.benchmarks import efficiency
-from experiments.records import environment, write_json_atomic
+from experiments.records import device_description, environment, write_json_atomic
 
 TINY = efficiency.load_preset("tiny")
 
@@ -258,3 +261,11 @@ def test_write_json_atomic_leaves_no_temporary_files(tmp_path):
         write_json_atomic(tmp_path / "sub" / "record.json", circular)  # fails mid-write: old record untouched
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in path.parent.iterdir()] == ["record.json"]
+
+
+def test_a_cpu_is_named_with_its_model_kernels_and_cores():
+    """Two x86_64 CPUs gave a twofold different LoRA step and different TeRA ratios: a figure names which one."""
+    text = device_description("cpu")
+    assert text.startswith(f"CPU {platform.machine()}")
+    assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in text
+    assert f"({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)" in text
