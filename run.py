@@ -19,13 +19,13 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from experiments.cli import main as run_job
+    from experiments.run.cli import main as run_job
 
     run_job(cfg)
 
 
 if __name__ == "__main__":
-    from experiments.cli import preflight
+    from experiments.run.cli import preflight
 
     preflight(sys.argv[1:])
     main()

@@ -187,7 +187,7 @@ def _free_port() -> int:
 
 def _check_buffers_worker(rank: int, world: int, port: int, key_of_rank_1: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    from experiments import distributed
+    from experiments.run import distributed
 
     distributed.init_from_env()
     torch.manual_seed(rank)

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from experiments.benchmarks import efficiency
-from experiments.records import device_description, environment, write_json_atomic
+from experiments.records.write import device_description, environment, write_json_atomic
 
 TINY = efficiency.load_preset("tiny")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import cli, distributed
-from experiments.budget import plan_budget
 from experiments.errors import ConfigError
-from experiments.schema import validate
-from experiments.training import train
+from experiments.run import cli, distributed
+from experiments.run.budget import plan_budget
+from experiments.run.loop import train
+from experiments.run.schema import validate
 
 from .helpers import cli as run_cli
 from .helpers import compose, last_error

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from experiments import pipeline
-from experiments.causal import tasks as decoder_tasks
-from experiments.datafiles import read_local
 from experiments.errors import ConfigError, DataUnavailable
 from experiments.families import causal as causal_family
 from experiments.families import classification as classification_family
-from experiments.schema import validate
-from experiments.summary import summarise
-from experiments.tables import write_table
-from experiments.tasks import load_task
+from experiments.run import pipeline
+from experiments.run.schema import validate
+from experiments.run.summary import summarise
+from experiments.tables.render import write_table
+from experiments.tasks.classification import load_task
+from experiments.tasks.decoder import sources as decoder_tasks
+from experiments.tasks.files import read_local
 
 from .helpers import cli, compose, last_error
 
@@ -637,7 +637,7 @@ def test_an_unread_split_is_not_checked_and_the_reason_is_glues():
 def test_an_unreachable_hub_keeps_its_cause_in_the_sentence(monkeypatch):
     import datasets
 
-    from experiments.datafiles import read_hub
+    from experiments.tasks.files import read_hub
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")

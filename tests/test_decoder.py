@@ -9,21 +9,22 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from experiments import pipeline
-from experiments.causal import offline, tasks
-from experiments.causal.batching import IGNORE, bucketed_batches, collate, tokenize_example
-from experiments.causal.extraction import (
+from experiments.errors import IncompatibleChoice
+from experiments.evaluation.extraction import (
     IGNORED_IN_MATCH,
     LMEVAL_MATH_FILTERS,
     extract_choice,
     extract_number,
     number_matches,
 )
-from experiments.causal.lmeval import evaluate_with_lm_eval, write_tasks
-from experiments.causal.models import tiny_llama
-from experiments.causal.prompts import ANSWER_LEAD, HEADER
-from experiments.errors import IncompatibleChoice
-from experiments.tasks import DataUnavailable
+from experiments.evaluation.lmeval import evaluate_with_lm_eval, write_tasks
+from experiments.models.decoders import tiny_llama
+from experiments.run import pipeline
+from experiments.tasks.classification import DataUnavailable
+from experiments.tasks.decoder import offline
+from experiments.tasks.decoder import sources as tasks
+from experiments.tasks.decoder.batching import IGNORE, bucketed_batches, collate, tokenize_example
+from experiments.tasks.decoder.prompts import ANSWER_LEAD, HEADER
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

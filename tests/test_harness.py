@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from baselines import METHODS, UnknownMethod, make_peft_config
-from experiments import pipeline
 from experiments.errors import ConfigError
-from experiments.schema import validate
+from experiments.run import pipeline
+from experiments.run.schema import validate
 
 from .helpers import cli, last_error, options
 from .helpers import compose as _compose

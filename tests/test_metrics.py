@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from experiments.metrics import compute
+from experiments.evaluation.metrics import compute
 
 
 def test_classification_metrics_by_hand():

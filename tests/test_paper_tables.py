@@ -11,12 +11,13 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from experiments import naming, plots
-from experiments.paper_tables import accuracy_rows, write_spec_table
-from experiments.reproduce import main as reproduce_main
-from experiments.reproduce import multirun_commands
-from experiments.specs import SPECS, SpecError, available, load_tables, parse_spec
-from experiments.tables import RecordSet, read_records
+from experiments.records import naming
+from experiments.reproduce.grid import main as reproduce_main
+from experiments.reproduce.sweep import multirun_commands
+from experiments.tables import plots
+from experiments.tables.paper import accuracy_rows, write_spec_table
+from experiments.tables.render import RecordSet, read_records
+from experiments.tables.specs import SPECS, SpecError, available, load_tables, parse_spec
 from tests.test_tables import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +318,7 @@ def test_a_spec_with_a_base_row_and_a_table_per_task(tmp_path):
 
 def _check_tuned_table_renders(spec, scratch: Path) -> None:
     """A committed tuned table and its tuning report are what the protocol renders from the committed records."""
-    from experiments import tune_protocol
+    from experiments.reproduce import tune_protocol
 
     scratch.mkdir()
     (scratch / "runs").symlink_to(RESULTS / "runs")  # the records, read in place; everything rendered lands here
@@ -372,7 +373,7 @@ def test_committed_tables_are_what_the_code_renders_from_the_committed_records(t
 
 def test_records_keep_one_layer_spectrum_for_the_plots():
     from baselines import apply_method
-    from experiments.records import adapter_fields
+    from experiments.records.write import adapter_fields
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
@@ -390,7 +391,7 @@ def test_records_keep_one_layer_spectrum_for_the_plots():
 
 def test_properties_table_on_tiny_shapes(tmp_path):
     """Table 1's measurement on one tiny LLaMA layer (conf/model/tiny-llama's dimensions), then its rendering."""
-    from experiments.properties import measure, run_properties
+    from experiments.reproduce.properties import measure, run_properties
 
     model = "tiny-llama-shapes"
     grid = {"model": [model], "method": ["tera", "lora", "vera"]}

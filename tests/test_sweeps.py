@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from baselines import apply_method
-from experiments import pipeline
-from experiments.checkpoints import Checkpointer
-from experiments.models import tiny_classifier
-from experiments.training import encode, labels_of, parameter_groups, shuffled_batches, train
+from experiments.models.encoders import tiny_classifier
+from experiments.run import pipeline
+from experiments.run.checkpoints import Checkpointer
+from experiments.run.loop import encode, labels_of, parameter_groups, shuffled_batches, train
 
 from .helpers import cli, compose
 
@@ -262,7 +262,7 @@ def _free_port() -> int:
 
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    from experiments import distributed
+    from experiments.run import distributed
 
     distributed.init_from_env()
     torch.manual_seed(0)

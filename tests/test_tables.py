@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from experiments.records import environment
-from experiments.tables import main, mean_std, write_table
+from experiments.records.write import environment
+from experiments.tables.render import main, mean_std, write_table
 
 
 def markdown_rows(markdown: str) -> list[dict[str, str]]:

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import pipeline
-from experiments.checkpoints import Checkpointer
 from experiments.errors import ConfigError, DataUnavailable, RunFailed
-from experiments.identity import is_complete, read_record
-from experiments.summary import summarise
-from experiments.tables import main as tables_main
-from experiments.tables import read_records, write_table
-from experiments.training import train
+from experiments.records.identity import is_complete, read_record
+from experiments.run import pipeline
+from experiments.run.checkpoints import Checkpointer
+from experiments.run.loop import train
+from experiments.run.summary import summarise
+from experiments.tables.render import main as tables_main
+from experiments.tables.render import read_records, write_table
 
 from .helpers import compose
 from .toy_models import Regressor
@@ -160,7 +160,7 @@ def test_a_checkpoint_that_cannot_be_saved_is_a_warning_and_training_goes_on(tmp
 
 def test_checkpoints_are_also_due_after_some_minutes(tmp_path, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("experiments.checkpoints.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("experiments.run.checkpoints.time.monotonic", lambda: clock[0])
     checkpoint = Checkpointer(tmp_path / "run.pt", every=200, minutes=5)
     assert not checkpoint.due(150, 200)
     clock[0] += 5 * 60
@@ -239,8 +239,8 @@ def test_a_folder_of_encoder_and_decoder_records_asks_for_a_metric(tmp_path, cap
 
 
 def test_a_spec_counts_records_by_what_they_are_not_by_their_file_names(tmp_path):
-    from experiments.paper_tables import write_spec_table
-    from experiments.specs import parse_spec
+    from experiments.tables.paper import write_spec_table
+    from experiments.tables.specs import parse_spec
 
     spec = parse_spec(
         {
@@ -294,7 +294,7 @@ def test_the_same_settings_on_other_data_are_other_rows(tmp_path):
 
 def test_an_option_that_only_trades_memory_for_speed_keeps_the_run_identity():
     """Records made before ``cache_merged_weight`` existed, or with it on, are the same runs: no rerun, one row."""
-    from experiments.identity import run_signature
+    from experiments.records.identity import run_signature
 
     def config(**peft):
         return {"method": {"name": "tera", "lr": 0.02, "peft": {"scaling": 1.0, **peft}}, "seed": 0, "train": {}}

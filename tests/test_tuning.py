@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import cli as run_cli
-from experiments import pipeline, tune_protocol
-from experiments.causal import tasks as decoder_tasks
 from experiments.errors import ConfigError
-from experiments.reproduce import main as reproduce_main
-from experiments.schema import validate
-from experiments.specs import SpecError, load_tables, parse_spec
-from experiments.tasks import load_task
-from experiments.tuning import Cell, Setting, Trial, TuningError, budget_note, choose, search_space
+from experiments.reproduce import sweep, tune_protocol
+from experiments.reproduce.grid import main as reproduce_main
+from experiments.reproduce.tuning import Cell, Setting, Trial, TuningError, budget_note, choose, search_space
+from experiments.run import cli as run_cli
+from experiments.run import pipeline
+from experiments.run.schema import validate
+from experiments.tables.specs import SpecError, load_tables, parse_spec
+from experiments.tasks.classification import load_task
+from experiments.tasks.decoder import sources as decoder_tasks
 
 from .helpers import cli, compose, last_error, options
 
@@ -262,8 +263,8 @@ def test_a_diverged_trial_lets_the_sweep_go_on_and_a_crash_stops_it(tmp_path):
     # a multirun that stops at a run which diverged, leaving its (failed) record; started again, it finishes
     diverge_once = f"import pathlib,sys; p=pathlib.Path({str(marker)!r}); sys.exit(0 if p.exists() else "
     diverge_once += "p.write_text('{}') and 3)"
-    assert tune_protocol.launch([[sys.executable, "-c", diverge_once]], {tmp_path}, dry_run=False)
-    assert not tune_protocol.launch([[sys.executable, "-c", "raise SystemExit(1)"]], {tmp_path}, dry_run=False)
+    assert sweep.launch([[sys.executable, "-c", diverge_once]], {tmp_path}, dry_run=False)
+    assert not sweep.launch([[sys.executable, "-c", "raise SystemExit(1)"]], {tmp_path}, dry_run=False)
 
 
 def test_a_run_that_failed_before_is_skipped_with_skip_failed(tmp_path, monkeypatch, capsys):
@@ -278,7 +279,7 @@ def test_a_run_that_failed_before_is_skipped_with_skip_failed(tmp_path, monkeypa
 def test_wandb_gets_the_tuned_table_and_its_trials(tmp_path, monkeypatch):
     import pandas as pd
 
-    from experiments.tracking import log_tables
+    from experiments.run.tracking import log_tables
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     frame = pd.DataFrame([{"model": "tiny", "method": "lora", "chosen lr": "0.0016", "test accuracy mean": 0.8}])
@@ -321,8 +322,8 @@ def test_a_bad_search_space_or_tune_section_is_one_sentence(tmp_path, capsys):
 
 
 def test_a_comparison_from_run_py_overrides_goes_the_same_way(capsys, tmp_path):
-    from experiments.compare import comparison
-    from experiments.compare import main as compare_main
+    from experiments.reproduce.compare import comparison
+    from experiments.reproduce.compare import main as compare_main
 
     spec = comparison(["model=tiny", "method=tera,lora", "seed=0,1", "train.max_steps=2"])
     assert spec.grid == {"model": ["tiny"], "task": ["sentiment/tweets"], "method": ["tera", "lora"], "seed": [0, 1]}

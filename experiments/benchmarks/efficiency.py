@@ -877,7 +877,7 @@ def _measure_and_write(
     preset: dict[str, Any], out_dir: Path, report: Path, methods: list[str] | None
 ) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from experiments.records import environment, write_json_atomic
+    from experiments.records.write import environment, write_json_atomic
 
     if preset["device"].startswith("cuda") and not torch.cuda.is_available():
         _user_error(f"preset {preset['name']!r} needs a CUDA GPU; use the cpu-small preset on this machine.")

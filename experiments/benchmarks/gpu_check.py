@@ -280,7 +280,7 @@ def _section(name: str, fn, *args) -> Any:
 
 def check(device: str, tiny: bool, out: Path) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from experiments.records import environment, write_json_atomic
+    from experiments.records.write import environment, write_json_atomic
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -313,8 +313,8 @@ def prepare() -> int:
     from importlib import metadata
 
     sys.path.insert(0, str(ROOT))
-    from experiments.causal.models import smollm2_path
-    from experiments.models import minilm_path
+    from experiments.models.decoders import smollm2_path
+    from experiments.models.encoders import minilm_path
 
     wheels = CARRY / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import random
 import re
 from pathlib import Path
 
-from ..causal import offline
+from experiments.tasks.decoder import offline
 
 VITAMINC_LABELS = {"True": "supports", "False": "refutes", "Neither": "not enough info"}
 SEED = 0

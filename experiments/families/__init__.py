@@ -1,88 +1,22 @@
 """Model families: what differs between fine-tuning a classification encoder and a causal decoder.
 
-The run pipeline (``experiments/pipeline.py``) drives the same steps for every family; a family supplies only its
-data and batches, its model loading, its evaluation and the record fields that are its own.
+The run pipeline (``experiments/run/pipeline.py``) drives the same steps for every family; a family (``base.Family``)
+supplies only its data and batches, its model loading, its evaluation and the record fields that are its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import torch
 from omegaconf import DictConfig
-from torch import nn
 
-Batch = dict[str, torch.Tensor]
+from experiments.families.base import Evaluation, Family
+from experiments.families.causal import CausalFamily
+from experiments.families.classification import ClassificationFamily
 
+FAMILIES: dict[str, type[Family]] = {"classification": ClassificationFamily, "causal": CausalFamily}
 
-@dataclass
-class Evaluation:
-    """What a family's final evaluation gives the record."""
-
-    evaluations: list[dict[str, Any]]  # per evaluation point: {"step", "validation"?, "test"}
-    final_metrics: dict[str, float]  # flat ``test_*`` / ``validation_*`` numbers that tables read
-    fields: dict[str, Any] = field(default_factory=dict)  # the family's own record fields
-
-
-class Family:
-    """The interface; one subclass per model family, chosen by ``task.kind`` (see :data:`FAMILIES`)."""
-
-    name: str = ""
-    modules_to_save: tuple[str, ...] = ()
-    task_type: str | None = None  # the PEFT task type, e.g. CAUSAL_LM
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-
-    def data_sources(self) -> list[str | Path]:
-        """What the run will read, known before reading it: local files (hashed into the run's signature) and names
-        of other sources (a hub dataset and split, a package version)."""
-        raise NotImplementedError
-
-    def load_data(self) -> Any:
-        """The task's data; the returned object has ``train_size``."""
-        raise NotImplementedError
-
-    def load_model(self, device: torch.device) -> tuple[nn.Module, Any]:
-        """The pretrained model (before adaptation) and its tokenizer."""
-        raise NotImplementedError
-
-    def prepare_model(self, model: nn.Module) -> None:
-        """Anything to do before PEFT wraps the model (e.g. activation checkpointing)."""
-
-    def learning_rate(self) -> float:
-        return float(self.cfg.method.lr)
-
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def batches(self, data: Any, tokenizer: Any, device: torch.device) -> tuple[Iterator[list[int]], Callable]:
-        """Endless index batches and the function that turns indices into model inputs with ``labels``."""
-        raise NotImplementedError
-
-    def periodic_evaluation(self, model: nn.Module, tokenizer: Any, data: Any, device: torch.device, log) -> Callable:
-        """The function the loop calls every ``train.eval_every`` steps, or None."""
-        return None
-
-    def evaluate(self, model: nn.Module, tokenizer: Any, data: Any, device: torch.device, steps: int) -> Evaluation:
-        raise NotImplementedError
-
-    def data_warnings(self, data: Any) -> list[str]:
-        """Things about the data a reader of the result should know (in the summary and the record)."""
-        return []
-
-    def data_fields(self, data: Any) -> dict[str, Any]:
-        """Record fields about the data (sizes, provenance)."""
-        return {}
+__all__ = ["FAMILIES", "Evaluation", "Family", "family_for"]
 
 
 def family_for(cfg: DictConfig) -> Family:
     """The family of a run, from ``task.kind`` (checked by the schema before anything loads)."""
-    from .causal import CausalFamily
-    from .classification import ClassificationFamily
-
-    families: dict[str, type[Family]] = {"classification": ClassificationFamily, "causal": CausalFamily}
-    return families[cfg.task.get("kind", "classification")](cfg)
+    return FAMILIES[cfg.task.get("kind", "classification")](cfg)

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..causal.batching import bucketed_batches, collate, tokenize_example
-from ..causal.generation import evaluate_by_generation
-from ..causal.lmeval import evaluate_with_lm_eval
-from ..causal.tasks import DecoderData, decoder_task_sources, load_decoder_task
-from ..models import load_model
-from ..training import parameter_groups
-from . import Evaluation, Family
+from experiments.evaluation.generation import evaluate_by_generation
+from experiments.evaluation.lmeval import evaluate_with_lm_eval
+from experiments.families.base import Evaluation, Family
+from experiments.models.encoders import load_model
+from experiments.run.loop import parameter_groups
+from experiments.tasks.decoder.batching import bucketed_batches, collate, tokenize_example
+from experiments.tasks.decoder.sources import DecoderData, decoder_task_sources, load_decoder_task
 
 
 def evaluate_all(model, tokenizer, data: DecoderData, eval_cfg, folder: Path) -> tuple[dict[str, dict], dict]:

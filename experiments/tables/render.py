@@ -24,8 +24,7 @@ from typing import Any
 import pandas as pd
 
 from baselines import METHODS, trains_every_weight
-
-from .identity import is_complete, read_record, run_signature, short_hash
+from experiments.records.identity import is_complete, read_record, run_signature, short_hash
 
 BASE_LABEL = "base (no training)"  # a zero-step run: the pretrained model evaluated as it is
 

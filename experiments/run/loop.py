@@ -16,11 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import distributed
-from .checkpoints import Checkpointer, PreemptionGuard
-from .errors import RunFailed
-from .metrics import compute
-from .tasks import Example
+from experiments.errors import RunFailed
+from experiments.evaluation.metrics import compute
+from experiments.run import distributed
+from experiments.run.checkpoints import Checkpointer, PreemptionGuard
+from experiments.tasks.classification import Example
 
 
 def encode(tokenizer, examples: Sequence[Example], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:

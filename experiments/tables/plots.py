@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .tables import mean_std  # noqa: E402
+from experiments.tables.render import mean_std  # noqa: E402
 
 SPECTRUM_METHODS = ("tera", "lora", "vera")
 

@@ -23,11 +23,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..datafiles import carve, carved_note, read_hub, read_local
-from ..datafiles import where as located
-from ..errors import DataUnavailable
-from . import offline
-from .prompts import boolean_instruction, mc_target, numbered_answers, numbered_instruction, wrap
+from experiments.errors import DataUnavailable
+from experiments.tasks.decoder import offline
+from experiments.tasks.decoder.prompts import (
+    boolean_instruction,
+    mc_target,
+    numbered_answers,
+    numbered_instruction,
+    wrap,
+)
+from experiments.tasks.files import carve, carved_note, read_hub, read_local
+from experiments.tasks.files import where as located
 
 Item = dict[str, Any]
 BOOL_ANSWERS = ["true", "false"]

@@ -8,8 +8,8 @@ Keys of a spec (and of each entry of its ``tables`` list, which inherits the res
 - ``overrides``: Hydra overrides for every run (a ``tables`` entry's are added to them);
 - ``variants``: each a ``label`` (its table column), ``overrides``, and optionally ``methods`` (only these run in it),
   ``name`` (its piece of the run name, default: the label as a slug) and ``run_name`` (a template for its runs);
-- ``run_name``: the record-name template (``experiments.naming``; default the suite's convention), so records made
-  under older names keep matching and run.py keeps skipping them;
+- ``run_name``: the record-name template (``experiments.records.naming``; default the suite's convention), so records
+  made under older names keep matching and run.py keeps skipping them;
 - ``columns`` (``metric``, ``label``, optionally ``task`` or ``average``), ``reference`` (``column``, ``source``,
   ``values`` by model and method), ``show_frozen`` (a column of the frozen random values each adapter keeps);
 - ``records``: the folder under ``results/runs`` (default ``<name>[-smoke]``), ``out``: the table's file name under
@@ -35,10 +35,10 @@ from typing import Any
 
 import yaml
 
-from . import naming
-from .tables import Column
+from experiments.records import naming
+from experiments.tables.render import Column
 
-SPECS = Path(__file__).parent / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "specs"  # the table declarations, one YAML each
 GRID_KEYS = ("model", "task", "method", "seed")
 KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
 KEYS |= {"records", "out", "tables", "smoke", "tune"}

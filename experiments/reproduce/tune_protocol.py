@@ -18,20 +18,29 @@ own best setting, chosen on validation, then reported on test.
 from __future__ import annotations
 
 import itertools
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import naming, plots
-from .identity import is_complete, read_record
-from .specs import Run, TableSpec, Variant
-from .tuning import Cell, Setting, Trial, TuningError, budget_note, protocol_cost, search_space, write_report
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+from experiments.records import naming
+from experiments.records.identity import is_complete, read_record
+from experiments.reproduce.sweep import launch, logger_args, multirun_commands, unique
+from experiments.reproduce.tuning import (
+    Cell,
+    Setting,
+    Trial,
+    TuningError,
+    budget_note,
+    protocol_cost,
+    search_space,
+    write_report,
+)
+from experiments.run.compose import CONF, ComposeError, composer
+from experiments.tables import plots
+from experiments.tables.paper import render_spec
+from experiments.tables.specs import Run, TableSpec, Variant
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,8 @@ class TunedTable(TableSpec):
 def conventional_cells(spec: TableSpec, results: Path) -> tuple[str, dict[tuple[str, str, str], str]]:
     """The same table at the conventional rates, where its records exist: each row's main column (the reference column
     or the last), to show beside the tuned figure. Empty when there are none."""
-    from .paper_tables import accuracy_rows
-    from .tables import cell_text, read_records
+    from experiments.tables.paper import accuracy_rows
+    from experiments.tables.render import cell_text, read_records
 
     folder = results / "runs" / spec.records_dir
     if not folder.is_dir():
@@ -129,7 +138,7 @@ def needs_holdout(task: Any) -> bool:
     of its own (a custom task given both a validation and a test file has one)."""
     files = task.data_files or {}
     if task.kind == "causal":
-        from .causal.tasks import source
+        from experiments.tasks.decoder.sources import source
 
         custom = any(source(name).custom for name in task.train_on)
         return not (custom and "validation" in files and "test" in files)
@@ -160,17 +169,11 @@ def plan_table(spec: TableSpec, extra: list[str] | None = None) -> list[CellPlan
     """Every cell of ``spec`` with its search space, each composed and checked as run.py will, with the command line's
     ``extra`` overrides (a mistake in a search space, the held-out share or an override is one sentence here, before
     anything runs)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .schema import validate
+    from experiments.run.schema import validate
 
     seed = int(spec.grid["seed"][0])
     plans = []
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with composer() as compose:
         for variant in spec.variants:
             for model, task, method in itertools.product(spec.grid["model"], spec.grid["task"], spec.grid["method"]):
                 if variant.methods is not None and method not in variant.methods:
@@ -179,17 +182,13 @@ def plan_table(spec: TableSpec, extra: list[str] | None = None) -> list[CellPlan
                 base += [*spec.overrides, *variant.overrides, *_run_overrides(extra or [])]
                 where = f"{method} on {model}, {task}" + (f" ({variant.label})" if variant.label else "")
                 try:
-                    cfg = compose(config_name="config", overrides=base)
-                    settings = validate(cfg)
+                    settings = validate(compose(base))
                     plan = _cell_plan(spec, variant, model, task, method, seed, settings)
                     if plan.settings:  # the trial config itself: the held-out share, the steps, the first setting
-                        trial = [*base, *plan.trial_overrides, *plan.settings[0].overrides()]
-                        validate(compose(config_name="config", overrides=trial))
-                except (HydraException, OmegaConfBaseException) as err:
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise TuningError(f"Cannot compose {where}: {first.rstrip('.')}.") from None
+                        validate(compose([*base, *plan.trial_overrides, *plan.settings[0].overrides()]))
+                except ComposeError as err:
+                    raise TuningError(f"Cannot compose {where}: {err}.") from None
                 plans.append(plan)
-    GlobalHydra.instance().clear()
     return plans
 
 
@@ -214,10 +213,6 @@ def _cell_plan(spec: TableSpec, variant: Variant, model: str, task: str, method:
 # ------------------------------------------------------------------------------------------------------- trials
 
 
-def _logger_args(extra: list[str]) -> list[str]:
-    return [] if any(a.startswith("logger=") for a in extra) else ["logger=none"]
-
-
 def trial_commands(
     spec: TableSpec, plans: list[CellPlan], output_dir: Path, launcher: str, extra: list[str]
 ) -> list[list[str]]:
@@ -234,7 +229,7 @@ def trial_commands(
         fixed = _without([*spec.overrides, *plan.variant.overrides], own)
         command = [sys.executable, "run.py", "-m", f"model={plan.model}", f"task={plan.task}", f"method={plan.method}"]
         command += [f"seed={plan.seed}", *fixed, *plan.trial_overrides, *sweeps, f"output_dir={output_dir}"]
-        command += [f"run_name={plan.trial_name_template()}", "skip_failed=true", *_logger_args(extra)]
+        command += [f"run_name={plan.trial_name_template()}", "skip_failed=true", *logger_args(extra)]
         if launcher != "basic":
             command.append(f"hydra/launcher={launcher}")
         commands.append(command + _without(extra, own))
@@ -327,8 +322,6 @@ def final_commands(
     table: TunedTable, found: list[Cell], output_dir: Path, launcher: str, extra: list[str]
 ) -> list[list[str]]:
     """The finals' multiruns, for the cells whose choice is made (those sharing a setting share a multirun)."""
-    from .reproduce import multirun_commands
-
     ready = {(c.variant, c.model, c.task, c.method) for c in found if c.state in ("chosen", "not tuned")}
     runs = [p for p in table.planned if (p[0].label, p[1], p[2], p[3]) in ready]
     chosen = {key for c in found if c.chosen for key, _ in c.chosen.setting.values}  # the choice wins over extra
@@ -339,34 +332,11 @@ def final_commands(
 # -------------------------------------------------------------------------------------------------------- run
 
 
-def launch(commands: list[list[str]], folders: set[Path], dry_run: bool) -> bool:
-    """Run each multirun; one that stops because a run failed and left its record (it diverged) is started again, and
-    run.py skips what is done and what failed (``skip_failed``). False when a multirun fails without writing one."""
-
-    def state() -> frozenset:
-        return frozenset((p, p.stat().st_mtime_ns) for folder in folders for p in Path(folder).glob("*.json"))
-
-    for command in commands:
-        print("$ " + " ".join(command[1:]), flush=True)
-        if dry_run:
-            continue
-        while True:
-            before = state()
-            if subprocess.run(command, cwd=ROOT).returncode == 0:
-                break
-            if state() == before:
-                return False
-            print("a run failed and left its record; going on with the others", flush=True)
-    return True
-
-
 def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: Path, extra: list[str]) -> str:
     """The tuned table (chosen setting column, budget caption, plots), the tuning report, the lr plot, W&B tables."""
-    from .reproduce import render as render_table
-
     table = final_table(spec, plans, found)
     table.conventional_label, table.conventional = conventional_cells(spec, results)
-    markdown = render_table(table, results)
+    markdown = render_spec(table, results)
     out = results / table.out_name
     cost = protocol_cost(
         [t.record for c in found for t in c.trials if t.record],
@@ -379,8 +349,8 @@ def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: P
     if logger is not None:
         import pandas as pd
 
-        from .tracking import log_tables
-        from .tuning import report_frame
+        from experiments.reproduce.tuning import report_frame
+        from experiments.run.tracking import log_tables
 
         frames = {"summary": pd.read_csv(out.with_suffix(".csv")), "tuning": report_frame(found)}
         log_tables(logger, table.out_name, frames, [table.title, *table.caption])
@@ -389,8 +359,8 @@ def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: P
 
 def _matched(spec: TableSpec, folder: Path) -> list[dict[str, Any]]:
     """The records of ``spec``'s runs found in ``folder`` (none when it does not exist)."""
-    from .paper_tables import match_runs
-    from .tables import read_records
+    from experiments.tables.paper import match_runs
+    from experiments.tables.render import read_records
 
     return list(match_runs(spec, read_records(folder, warn=False))[0].values()) if folder.is_dir() else []
 
@@ -419,7 +389,7 @@ def run(
     say: Callable[[str], None] = print,
 ) -> int:
     """The protocol for every table of a spec: plan, trials, choice, finals, render. Returns the exit status."""
-    from .errors import USER_ERRORS
+    from experiments.errors import USER_ERRORS
 
     try:
         plans = [(spec, plan_table(spec, extra)) for spec in specs]
@@ -430,7 +400,7 @@ def run(
     say(f"tuning: {trials} trial(s), then the chosen setting of each method for seeds {specs[0].grid['seed']}")
     folders = {results / "runs" / spec.tuned_records_dir for spec in specs}
     if not render_only:
-        commands = _unique(
+        commands = unique(
             c
             for spec, ps in plans
             for c in trial_commands(spec, ps, results / "runs" / spec.tuned_records_dir, launcher, extra)
@@ -446,7 +416,7 @@ def run(
         for cell in waiting:
             when = "they follow the trials" if dry_run else "no final runs"
             say(f"{cell.method} on {cell.model}, {cell.task}: {cell.state}; {when}")
-        commands = _unique(
+        commands = unique(
             c
             for spec, ps, cs in found
             for c in final_commands(
@@ -464,11 +434,3 @@ def run(
     for spec, ps, cs in found:
         say(render(spec, ps, cs, results, extra))
     return 0
-
-
-def _unique(commands) -> list[list[str]]:
-    unique: list[list[str]] = []
-    for command in commands:
-        if command not in unique:
-            unique.append(command)
-    return unique

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelUnavailable
+from experiments.errors import ModelUnavailable
 
 __all__ = ["ModelUnavailable", "hub_classifier", "load_model", "minilm", "tiny"]
 

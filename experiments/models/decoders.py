@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelUnavailable
+from experiments.errors import ModelUnavailable
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

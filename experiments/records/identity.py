@@ -103,7 +103,7 @@ def is_complete(record: dict[str, Any] | None) -> bool:
 
 def probe_writable(folder: Path) -> None:
     """Create ``folder`` and write and remove a file there, so an unwritable output is found before training."""
-    from .errors import ConfigError
+    from experiments.errors import ConfigError
 
     try:
         folder.mkdir(parents=True, exist_ok=True)

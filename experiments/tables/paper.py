@@ -8,9 +8,9 @@ from typing import Any
 
 import pandas as pd
 
-from . import naming
-from .specs import TableSpec
-from .tables import (
+from experiments.records import naming
+from experiments.tables import plots
+from experiments.tables.render import (
     RecordSet,
     document,
     newest_settings,
@@ -22,6 +22,7 @@ from .tables import (
     to_markdown,
     write,
 )
+from experiments.tables.specs import TableSpec
 
 PROPERTIES_NOTE = (
     "Trainable values moved by a random step from their initial values (no training): the rank each method can reach. "
@@ -164,4 +165,19 @@ def write_spec_table(spec: TableSpec, folder: Path, out: Path) -> str:
     render = render_properties if spec.kind == "properties" else render_accuracy
     markdown, frame = render(spec, records)
     write(out, markdown, frame)
+    return markdown
+
+
+def render_spec(spec: TableSpec, results: Path) -> str:
+    """Write ``spec``'s table from its records folder under ``results`` and draw its plots; returns the Markdown."""
+    records_dir = results / "runs" / spec.records_dir
+    markdown = write_spec_table(spec, records_dir, results / spec.out_name)
+    if spec.kind == "accuracy":
+        found = read_records(records_dir, warn=False)  # write_spec_table warned already
+        rows = accuracy_rows(spec, found)
+        main = spec.reference["column"] if spec.reference else spec.columns[-1].label
+        figures = results / "plots"
+        plots.accuracy_vs_parameters(rows, main, spec.title, figures / f"{spec.out_name}-accuracy-vs-params.png")
+        plots.variant_dots(rows, main, spec.title, figures / f"{spec.out_name}-variants.png")  # ablations only
+        plots.spectra(list(match_runs(spec, found)[0].values()), figures / f"{spec.out_name}-spectra.png")
     return markdown

@@ -16,71 +16,17 @@ every seed (``experiments/tune_protocol.py``), into results/runs/<records>-tuned
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
-from . import naming, plots
-from .paper_tables import accuracy_rows, match_runs, write_spec_table
-from .specs import SpecError, TableSpec, available, load_tables
-from .tables import read_records
-
-ROOT = Path(__file__).resolve().parents[1]
-LAUNCHERS = ("basic", "submitit_local", "slurm")
-
-
-def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: list[str]) -> list[list[str]]:
-    """One Hydra multirun per (variant, model, task): methods and seeds are swept inside it.
-
-    Grouping keeps each sweep's overrides rectangular (Hydra sweeps a Cartesian product) while run names stay
-    explicit per run, so records from any launcher land under the same names.
-    """
-    groups: dict[tuple, list] = defaultdict(list)
-    for run in spec.runs():
-        groups[(run.variant, run.model, run.task)].append(run)
-    commands = []
-    for (variant, model, task), runs in groups.items():
-        methods = sorted({r.method for r in runs}, key=[r.method for r in runs].index)
-        seeds = sorted({r.seed for r in runs})
-        run_name = naming.hydra_run_name(task, model, variant.piece, runs[0].template)
-        command = [sys.executable, "run.py", "-m", f"model={model}", f"task={task}"]
-        command += [f"method={','.join(methods)}", f"seed={','.join(map(str, seeds))}"]
-        command += [*spec.overrides, *variant.overrides, f"output_dir={output_dir}", f"run_name={run_name}"]
-        command += ["logger=none"] if not any(a.startswith("logger=") for a in extra) else []
-        if launcher != "basic":
-            command.append(f"hydra/launcher={launcher}")
-        commands.append(command + extra)
-    return commands
-
-
-def render(spec: TableSpec, results: Path) -> str:
-    records_dir = results / "runs" / spec.records_dir
-    markdown = write_spec_table(spec, records_dir, results / spec.out_name)
-    if spec.kind == "accuracy":
-        found = read_records(records_dir, warn=False)  # write_spec_table warned already
-        rows = accuracy_rows(spec, found)
-        main = spec.reference["column"] if spec.reference else spec.columns[-1].label
-        figures = results / "plots"
-        plots.accuracy_vs_parameters(rows, main, spec.title, figures / f"{spec.out_name}-accuracy-vs-params.png")
-        plots.variant_dots(rows, main, spec.title, figures / f"{spec.out_name}-variants.png")  # ablations only
-        plots.spectra(list(match_runs(spec, found)[0].values()), figures / f"{spec.out_name}-spectra.png")
-    return markdown
-
-
-def commands(specs: list[TableSpec], results: Path, launcher: str, extra: list[str]) -> list[list[str]]:
-    """Every table's multiruns, each once (tables of one spec may share runs)."""
-    unique: list[list[str]] = []
-    for spec in specs:
-        for command in multirun_commands(spec, results / "runs" / spec.records_dir, launcher, extra):
-            if command not in unique:
-                unique.append(command)
-    return unique
+from experiments.reproduce.sweep import LAUNCHERS, ROOT, launch, table_commands
+from experiments.tables.paper import render_spec
+from experiments.tables.specs import SpecError, TableSpec, available, load_tables
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    """The options every way of running tables takes (this module's and ``experiments.compare``'s)."""
+    """The options every way of running tables takes (this module's and ``experiments.reproduce.compare``'s)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--launcher", choices=LAUNCHERS, default="basic", help="basic = sequential, here")
     parser.add_argument("--render-only", action="store_true", help="render from existing records, run nothing")
@@ -105,7 +51,7 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
     """Run (or with ``--tune``, tune) the grids of ``specs``, skipping finished runs, and render them."""
     started = time.perf_counter()
     if args.tune:
-        from . import tune_protocol
+        from experiments.reproduce import tune_protocol
 
         accuracy = [spec for spec in specs if spec.kind == "accuracy"]
         if not accuracy:
@@ -124,26 +70,22 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
             if args.dry_run:
                 print(f"measure {spec.grid['model']} x {spec.grid['method']} -> {records_dir}")
             else:
-                from .properties import run_properties
+                from experiments.reproduce.properties import run_properties
 
                 run_properties(list(spec.grid["model"]), list(spec.grid["method"]), records_dir)
-        for command in commands(specs, args.results, args.launcher, args.extra):
-            print("$ " + " ".join(command[1:]), flush=True)
-            if args.dry_run:
-                continue
-            if subprocess.run(command, cwd=ROOT).returncode != 0:
-                print(
-                    f"error: a run of {label} failed; fix it and run the same command again (finished runs are "
-                    f"skipped).",
-                    file=sys.stderr,
-                )
-                for spec in specs:
-                    render(spec, args.results)
-                return 1
+        commands = table_commands(specs, args.results, args.launcher, args.extra)
+        if not launch(commands, {args.results / "runs" / s.records_dir for s in specs}, args.dry_run, False):
+            print(
+                f"error: a run of {label} failed; fix it and run the same command again (finished runs are skipped).",
+                file=sys.stderr,
+            )
+            for spec in specs:
+                render_spec(spec, args.results)
+            return 1
     if args.dry_run:
         return 0
     for spec in specs:
-        print(render(spec, args.results))
+        print(render_spec(spec, args.results))
     folders = ", ".join(sorted({str(args.results / "runs" / spec.records_dir) for spec in specs}))
     print(f"{label}: {time.perf_counter() - started:.0f} s; records in {folders}")
     return 0

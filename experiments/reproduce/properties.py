@@ -19,11 +19,10 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from baselines import apply_method
+from experiments.records.naming import properties_name
+from experiments.records.write import environment, write_json_atomic
 
-from .naming import properties_name
-from .records import environment, write_json_atomic
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 # Published dimensions (hidden, intermediate, attention heads, key/value heads) and the depth they stand for.
 SHAPES = {
@@ -51,7 +50,7 @@ def build_model(name: str) -> tuple[torch.nn.Module, list[str], int]:
         torch.manual_seed(0)
         return LlamaForCausalLM(config), DECODER_TARGETS, SHAPES[name]["layers"]
     if name == "minilm":
-        from .models import load_minilm_classifier
+        from experiments.models.encoders import load_minilm_classifier
 
         model, _ = load_minilm_classifier(2)
         return model, list(OmegaConf.load(CONF / "model" / "minilm.yaml").target_modules), 1

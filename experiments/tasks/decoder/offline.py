@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..tasks import DataUnavailable
-from .models import cache_root
+from experiments.models.decoders import cache_root
+from experiments.tasks.classification import DataUnavailable
 
 BIGBENCH_VERSION = "1.0.0"
 # Offline stand-ins for the commonsense suite (Social-IQa subset, StrategyQA for BoolQ, WinoWhy) and other
@@ -103,8 +103,8 @@ def fetch_bigbench(tasks: tuple[str, ...] = BIGBENCH_TASKS) -> Path:
     return target
 
 
-if __name__ == "__main__":  # python -m experiments.causal.offline: prepare everything once (make offline-data)
-    from .models import smollm2_path
+if __name__ == "__main__":  # python -m experiments.tasks.decoder.offline: prepare everything once (make offline-data)
+    from experiments.models.decoders import smollm2_path
 
     if not all((bigbench_dir() / name / "task.json").exists() for name in BIGBENCH_TASKS):
         fetch_bigbench()

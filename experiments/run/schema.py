@@ -17,9 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .datafiles import SUFFIXES
-from .errors import ConfigError, IncompatibleChoice
-from .naming import NAME_PIECE
+from experiments.errors import ConfigError, IncompatibleChoice
+from experiments.records.naming import NAME_PIECE
+from experiments.tasks.files import SUFFIXES
 
 Metric = Literal["accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman"]
 
@@ -163,7 +163,7 @@ class CausalTaskSettings(_Section):
 
     @model_validator(mode="after")
     def _known_sources(self) -> CausalTaskSettings:
-        from .causal.tasks import CUSTOM_SOURCES, SOURCES
+        from experiments.tasks.decoder.sources import CUSTOM_SOURCES, SOURCES
 
         for key, names in (("train_on", self.train_on), ("evaluate_on", self.evaluate_on)):
             unknown = [n for n in names if n not in SOURCES]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 MAX_CHECKED_JOBS = 512  # a larger sweep is checked on its first jobs here and on each job when it starts
 
 
@@ -53,8 +53,8 @@ def preflight(argv: list[str]) -> None:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    from .errors import USER_ERRORS
-    from .schema import validate
+    from experiments.errors import USER_ERRORS
+    from experiments.run.schema import validate
 
     try:
         args = get_args_parser().parse_args(argv)
@@ -119,9 +119,9 @@ def _group_options(loader, group: str, prefix: str = "") -> list[str]:
 
 def main(cfg: DictConfig) -> None:
     """One job: skip it when it finished before, else run it; a user's mistake ends with one sentence and exit 2."""
-    from .errors import USER_ERRORS
-    from .pipeline import failed_record, finished_record, plan_run, run_experiment
-    from .summary import summarise
+    from experiments.errors import USER_ERRORS
+    from experiments.run.pipeline import failed_record, finished_record, plan_run, run_experiment
+    from experiments.run.summary import summarise
 
     try:
         plan = plan_run(cfg)
