@@ -8,16 +8,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from experiments.benchmarks import efficiency
+from experiments.benchmarks.efficiency import goals, measure, presets, run
+from experiments.benchmarks.efficiency import report as efficiency_report
 from experiments.records.write import device_description, environment, write_json_atomic
 
-TINY = efficiency.load_preset("tiny")
+TINY = presets.load_preset("tiny")
 
 
 @pytest.mark.parametrize("name", ["lora", "tera", "tera-half", "tera-cached"])
 def test_measure_one_method_at_tiny_shapes(name):
-    entry = next(e for e in TINY["methods"] if efficiency.method_spec(e)["name"] == name)
-    row = efficiency.measure(TINY, entry)
+    entry = next(e for e in TINY["methods"] if presets.method_spec(e)["name"] == name)
+    row = measure.measure(TINY, entry)
     for key in (
         "step_ms",
         "tokens_per_s",
@@ -42,10 +43,10 @@ def test_measure_one_method_at_tiny_shapes(name):
 
 def test_a_mistaken_preset_or_method_exits_2_with_one_sentence_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        efficiency.load_preset("nope")
+        presets.load_preset("nope")
     assert stop.value.code == 2 and "unknown preset 'nope'; choose one of: " in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
-        efficiency.run_all(TINY, tmp_path, tmp_path / "eff.md", methods=["lora", "lroa"])
+        run.run_all(TINY, tmp_path, tmp_path / "eff.md", methods=["lora", "lroa"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("error: preset 'tiny' has no method lroa; choose from: ")
     assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
@@ -58,16 +59,16 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_previous_report(tmp_path, 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(efficiency, "_measure_and_write", interrupted)
+    monkeypatch.setattr(run, "_measure_and_write", interrupted)
     with pytest.raises(SystemExit) as stop:
-        efficiency.run_all(TINY, tmp_path, report)
+        run.run_all(TINY, tmp_path, report)
     assert stop.value.code == 130 and capsys.readouterr().err.startswith("interrupted: nothing written; ")
     assert report.read_text() == "previous"
 
 
 def test_method_spec_reads_conf_method_and_overrides():
-    assert efficiency.method_spec("vera")["peft"]["r"] == 256
-    spec = efficiency.method_spec({"name": "lora-r32", "method": "lora", "peft": {"r": 32}})
+    assert presets.method_spec("vera")["peft"]["r"] == 256
+    spec = presets.method_spec({"name": "lora-r32", "method": "lora", "peft": {"r": 32}})
     assert spec == {"name": "lora-r32", "method": "lora", "peft": {"r": 32, "lora_alpha": 16, "lora_dropout": 0.0}}
 
 
@@ -114,7 +115,7 @@ def test_render_names_device_versions_ratios_and_targets():
     }
     record["rows"][1]["ratio"] = {"median": 1.0, "q1": 1.0, "q3": 1.0, "min": 1.0, "max": 1.0}
     record["rows"][2]["ratio"] = {"median": 1.2, "q1": 1.18, "q3": 1.23, "min": 1.1, "max": 1.3}
-    text = efficiency.render(record)
+    text = efficiency_report.render(record)
     assert "| tera | 3 | 24 B | 12.0 | 1.20 (1.18-1.23) | 1,333 | 0.90 | 300 B | 8.8 KB | 2.0 |" in text
     assert "failed: boom" in text and record["environment"]["versions"]["torch"] in text
     assert "- full-rank TeRA (auto) train step vs LoRA: 1.200x (target <= 1.4x): met" in text  # the CPU goal
@@ -126,7 +127,7 @@ def test_render_names_device_versions_ratios_and_targets():
     }
     record["rows"][2]["prefill_vs_base_merged"] = _ratio(1.01, 0.99, 1.03)
     record["rows"][2]["prefill_vs_base_unmerged"] = _ratio(1.4, 1.3, 1.6)
-    text = efficiency.render(record)
+    text = efficiency_report.render(record)
     assert "| 1.40 (1.30-1.60) | 1.01 (0.99-1.03) | 1.00 |" in text  # unmerged, merged prefill; decode unpaired
     assert "- merged TeRA prefill vs base model: 1.010x (target <= 1.05x): met" in text
     assert "inference spread too wide to trust** (interquartile range above 10% of the median ratio)" in text
@@ -147,7 +148,7 @@ def test_auto_is_compared_with_its_forced_siblings_only():
         {"method": "tera-half", "peft": {"core_rank_ratio": 0.5, "forward_path": "auto"}, "ratio": _ratio(1.1)},
         {"method": "tera-half-f", "peft": {"core_rank_ratio": 0.5, "forward_path": "factorised"}, "ratio": _ratio(1.1)},
     ]
-    found = {c["auto"]["method"]: c for c in efficiency.auto_vs_forced({"rows": rows})}
+    found = {c["auto"]["method"]: c for c in goals.auto_vs_forced({"rows": rows})}
     assert set(found) == {"tera", "tera-half"}
     assert found["tera"]["best"] == "merged" and found["tera"]["auto_over_best"] == pytest.approx(1.04)
     assert set(found["tera-half"]["forced"]) == {"factorised"} and found["tera-half"]["auto_over_best"] == 1.0
@@ -163,19 +164,19 @@ def test_auto_that_ran_the_best_forced_path_everywhere_is_not_failed_for_process
         ]
 
     merged_only = {"p1 rank train <=512 tokens float32": "merged (timed: ...)", "p1 rank eval <=8 tokens": "factorised"}
-    (same,) = efficiency.auto_vs_forced({"rows": rows(1.40, merged_only)})
-    assert same["same_path"] and efficiency.auto_verdict(same) == "met (same path on every call)"
+    (same,) = goals.auto_vs_forced({"rows": rows(1.40, merged_only)})
+    assert same["same_path"] and goals.auto_verdict(same, 1.05) == "met (same path on every call)"
     mixed = dict(merged_only, **{"p2 rank train <=512 tokens float32": "factorised (timed: ...)"})
-    (chose_otherwise,) = efficiency.auto_vs_forced({"rows": rows(1.40, mixed)})
-    assert not chose_otherwise["same_path"] and efficiency.auto_verdict(chose_otherwise) == "missed"
-    (close,) = efficiency.auto_vs_forced({"rows": rows(1.32, mixed)})
-    assert efficiency.auto_verdict(close) == "met"
+    (chose_otherwise,) = goals.auto_vs_forced({"rows": rows(1.40, mixed)})
+    assert not chose_otherwise["same_path"] and goals.auto_verdict(chose_otherwise, 1.05) == "missed"
+    (close,) = goals.auto_vs_forced({"rows": rows(1.32, mixed)})
+    assert goals.auto_verdict(close, 1.05) == "met"
     # The CPU target shows the forced twin as a second reading of the same computation; the verdict stays auto's.
     record = {"preset": {"device": "cpu"}, "rows": rows(1.44, merged_only)}
     for row in record["rows"]:
         row.update(step_ms=10.0, adapter_file_bytes=1024)
     record["rows"][0]["method"] = "lora-r32"
-    text = "\n".join(efficiency.targets(record))
+    text = "\n".join(goals.targets(record))
     assert "full-rank TeRA (auto) train step vs LoRA: 1.440x (target <= 1.4x): missed" in text
     assert "the same computation in a second process (tera-m, forced merged" in text and "): 1.300x" in text
 
@@ -183,9 +184,9 @@ def test_auto_that_ran_the_best_forced_path_everywhere_is_not_failed_for_process
 def test_measurement_notes_flag_a_busy_machine_and_a_wide_spread():
     rows = [{"method": "lora", "ratio": _ratio(1.0)}, {"method": "tera", "ratio": _ratio(1.5, 1.3, 1.7)}]
     base = {"rounds": 9, "steps_per_round": 3, "reference": "lora", "load_before": 0.1, "loads": [2.1], "cores": 2}
-    quiet = efficiency.measurement_notes({"measurement": dict(base, other_cores=0.01), "rows": rows[:1]})
+    quiet = efficiency_report.measurement_notes({"measurement": dict(base, other_cores=0.01), "rows": rows[:1]})
     assert any("Quiet machine" in line for line in quiet)
-    noisy = "\n".join(efficiency.measurement_notes({"measurement": dict(base, other_cores=0.9), "rows": rows}))
+    noisy = "\n".join(efficiency_report.measurement_notes({"measurement": dict(base, other_cores=0.9), "rows": rows}))
     assert "Other processes kept 0.90 cores busy" in noisy and "the machine was busy" in noisy
     assert "spread too wide to trust** (interquartile range above 10% of the median ratio): tera." in noisy
 
@@ -194,7 +195,7 @@ def test_measurement_notes_flag_a_busy_machine_and_a_wide_spread():
 def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("TERA_AUTOTUNE", "1")  # the worker processes inherit it: TeRA's auto path is timed
     preset = dict(TINY, methods=["base", "lora", "tera", {"name": "broken", "method": "lora", "peft": {"r": -1}}])
-    record = efficiency.run_all(preset, tmp_path, tmp_path / "eff.md")
+    record = run.run_all(preset, tmp_path, tmp_path / "eff.md")
     rows = {r["method"]: r for r in record["rows"]}
     assert list(rows) == ["base", "lora", "tera", "broken"]
     assert "error" in rows["broken"] and all("error" not in rows[m] for m in ("base", "lora", "tera")), rows
@@ -212,7 +213,29 @@ def test_run_all_times_methods_round_robin_in_their_own_processes(tmp_path, monk
     assert rows["base"]["prefill_ms_merged"] > 0 and "prefill_vs_base_merged" not in rows["base"]
     assert rows["tera"]["merged_max_rel_diff"] < 1e-5 and "merged prefill x base" in report
     # The report written from the live record reads the same as one re-rendered from the JSON (sorted keys).
-    assert efficiency.render(json.loads((tmp_path / "efficiency-tiny.json").read_text())) == report
+    assert efficiency_report.render(json.loads((tmp_path / "efficiency-tiny.json").read_text())) == report
+
+
+def test_goals_are_read_from_the_preset_and_a_record_without_them_uses_its_presets_file(tmp_path, capsys):
+    assert presets.load_preset("llama2-7b")["goals"]["tera_step_vs_lora"] == 1.30  # conf/bench/*.yaml, not code
+    rows = [
+        {"method": "lora", "step_ms": 10.0, "peak_train_gib": 1.0, "adapter_file_bytes": 1024},
+        {"method": "tera", "step_ms": 12.0, "peak_train_gib": 0.9, "adapter_file_bytes": 2048},
+    ]
+    own = {"name": "mine", "device": "cpu", "goals": {"tera_step_vs_lora": 1.1, "adapter_file_kb": 1}}
+    text = "\n".join(goals.targets({"preset": own, "rows": rows}))
+    assert "vs LoRA: 1.200x (target <= 1.1x): missed by 9.1%" in text and "(target <= 1 KB): missed" in text
+    assert "full fine-tuning" not in text and "prefill" not in text  # a goal the preset does not state: no check
+    # A record from before the goals moved into the presets: those of its preset's file, else its device's preset.
+    for preset in ({"name": "llama2-7b", "device": "cuda"}, {"name": "gone", "device": "cuda"}):
+        text = "\n".join(goals.targets({"preset": preset, "rows": rows}))
+        assert "vs LoRA (stretch 1.2x): 1.200x (target <= 1.3x): met" in text and "peak memory" in text
+    with pytest.raises(SystemExit) as stop:
+        run.run_all(dict(TINY, goals={"tera_step_vs_lroa": 1.3}), tmp_path, tmp_path / "eff.md")
+    assert (
+        stop.value.code == 2 and "preset 'tiny' has unknown goals tera_step_vs_lroa; known: " in capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_identical_entries_report_the_noise_between_processes():
@@ -225,7 +248,7 @@ def test_identical_entries_report_the_noise_between_processes():
         ]
     }
     rows = [{"method": n, "ratio": _ratio(v)} for n, v in (("lora", 1.0), ("t-a", 1.30), ("t-b", 1.43), ("t-f", 1.6))]
-    (line,) = efficiency._twin_notes({"preset": preset, "rows": rows})
+    (line,) = efficiency_report._twin_notes({"preset": preset, "rows": rows})
     assert line.startswith("Identical entries t-a, t-b (separate processes, same computation): ratios 1.30-1.43, 10.0%")
 
 
@@ -239,15 +262,15 @@ def test_identical_entries_report_the_noise_between_processes():
     ],
 )
 def test_committed_efficiency_reports_rerender_from_their_records(record, report):
-    results = efficiency.ROOT / "results"
-    assert efficiency.render(json.loads((results / record).read_text())) == (results / report).read_text()
+    results = presets.ROOT / "results"
+    assert efficiency_report.render(json.loads((results / record).read_text())) == (results / report).read_text()
 
 
 def test_bench_presets_compose_through_hydra():
-    with initialize_config_dir(config_dir=str(efficiency.ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(presets.ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="bench_config", overrides=["bench=llama2-7b", "bench.batch=8"])
     assert cfg.bench.model.hidden == 4096 and cfg.bench.batch == 8 and cfg.bench.dtype == "bfloat16"
-    names = [efficiency.method_spec(e)["name"] for e in cfg.bench.methods]
+    names = [presets.method_spec(e)["name"] for e in cfg.bench.methods]
     assert names[:3] == ["base", "full", "lora-r32"] and "tera-half" in names
 
 

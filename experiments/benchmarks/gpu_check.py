@@ -35,7 +35,10 @@ from typing import Any
 
 import torch
 
-from experiments.benchmarks import efficiency
+from experiments.benchmarks.efficiency.goals import targets
+from experiments.benchmarks.efficiency.presets import load_preset
+from experiments.benchmarks.efficiency.run import run_all
+from experiments.benchmarks.efficiency.workers import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CARRY = ROOT / ".gpu-check"  # made by --prepare: wheels/ and tokenizers/{minilm,smollm2}
@@ -169,7 +172,7 @@ def run_training(device: str, work: Path, tiny: bool) -> list[dict[str, Any]]:
     rows = []
     for kind, command in training_commands(device, data, work / "runs", tiny).items():
         start = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=efficiency.child_env())
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=child_env())
         wall = time.perf_counter() - start
         records = sorted((work / "runs").glob(f"tera-*{'tiny-llama' if kind == 'decoder' else 'tiny-s'}*.json"))
         record = json.loads(records[-1].read_text()) if records else {}
@@ -199,9 +202,9 @@ def _missing(module: str) -> bool:
 
 
 def run_efficiency(tiny: bool, out: Path) -> dict[str, Any]:
-    preset = efficiency.load_preset("tiny" if tiny else "llama2-7b")
+    preset = load_preset("tiny" if tiny else "llama2-7b")
     report = out / f"efficiency-{preset['name']}.md"
-    record = efficiency.run_all(preset, out, report)
+    record = run_all(preset, out, report)
     return {"report": str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else report), "record": record}
 
 
@@ -237,8 +240,6 @@ def render(result: dict[str, Any]) -> str:
     eff = result["sections"].get("efficiency")
     if isinstance(eff, dict):
         lines.append(f"The full report: `{eff['report']}`.")
-        from experiments.benchmarks.efficiency import targets
-
         lines += ["", *targets(eff["record"])]
     else:
         lines.append(f"Failed: {eff}")
