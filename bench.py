@@ -1,4 +1,4 @@
-"""Hydra entry of the efficiency report: ``python bench.py bench=llama2-7b`` (see experiments/benchmarks/efficiency.py).
+"""Hydra entry of the efficiency report: ``python bench.py bench=llama2-7b`` (see experiments/benchmarks/efficiency/).
 
 On a GPU machine without Hydra, run ``python -m experiments.benchmarks.efficiency --preset llama2-7b`` instead.
 """

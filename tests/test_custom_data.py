@@ -4,6 +4,7 @@ file stopping before any model loads with one sentence that names the file, the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from experiments.run import pipeline
 from experiments.run.schema import validate
 from experiments.run.summary import summarise
 from experiments.tables.render import write_table
+from experiments.tasks import decoder as decoder_tasks
 from experiments.tasks.classification import load_task
-from experiments.tasks.decoder import sources as decoder_tasks
 from experiments.tasks.files import read_local
 
 from .helpers import cli, compose, last_error
@@ -513,7 +514,7 @@ def test_the_data_read_is_in_the_run_id(tmp_path):
     train = _topics_jsonl(tmp_path / "train.jsonl")
     cfg = _cfg(tmp_path, _files(train=train))
     before = pipeline.plan_run(cfg)
-    assert before.data == {train: before.data[train]} and before.data[train].startswith("sha256:")
+    assert list(before.data) == ["train"] and before.data["train"].startswith("sha256:")
     Path(train).write_text(Path(train).read_text().replace("draw", "win"))
     assert pipeline.plan_run(cfg).run_id != before.run_id
 
@@ -582,7 +583,9 @@ def test_decoder_split_rules(tmp_path):
     assert len(both.evaluation["custom_choice"]) == 3 and len(both.validation["custom_choice"]) == 5
     assert not both.test_is_validation
     files = {"train": path, "validation": dev, "test": test}
-    assert decoder_tasks.decoder_task_sources(_decoder_task("choice", files)) == [Path(test), Path(path), Path(dev)]
+    named = decoder_tasks.fingerprint(_decoder_task("choice", files))
+    assert list(named) == ["test", "train", "validation"]  # by role, never by path
+    assert named["test"] == f"sha256:{hashlib.sha256(Path(test).read_bytes()).hexdigest()}"
 
 
 def test_math_problems_are_trained_and_scored_like_gsm8k(tmp_path):

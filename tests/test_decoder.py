@@ -20,9 +20,9 @@ from experiments.evaluation.extraction import (
 from experiments.evaluation.lmeval import evaluate_with_lm_eval, write_tasks
 from experiments.models.decoders import tiny_llama
 from experiments.run import pipeline
+from experiments.tasks import decoder as tasks
 from experiments.tasks.classification import DataUnavailable
-from experiments.tasks.decoder import offline
-from experiments.tasks.decoder import sources as tasks
+from experiments.tasks.decoder import offline, plan, rows
 from experiments.tasks.decoder.batching import IGNORE, bucketed_batches, collate, tokenize_example
 from experiments.tasks.decoder.prompts import ANSWER_LEAD, HEADER
 
@@ -76,23 +76,23 @@ def tokenizer(tiny):
 
 
 def test_prompts_follow_the_llm_adapters_format():
-    item = tasks.boolq(BOOLQ_ROWS[1])
+    item = rows.boolq(BOOLQ_ROWS[1])
     assert item["prompt"].startswith(HEADER + "\n\n### Instruction:\n")
     assert "question: do fish breathe air with lungs?\n\nAnswer format: true/false" in item["prompt"]
     assert item["prompt"].endswith("\n\n### Response:\n")
     assert item["answers"] == ["true", "false"] and item["label"] == 1
     assert tasks.training_example(item)["target"] == "the correct answer is false"
 
-    piqa = tasks.piqa(PIQA_ROWS[1])
+    piqa = rows.piqa(PIQA_ROWS[1])
     assert "Solution1: Use a fridge.\n\nSolution2: Use a towel.\n\nAnswer format: solution1/solution2" in piqa["prompt"]
     assert piqa["answers"][piqa["label"]] == "solution2"
 
-    gsm = tasks.gsm8k(GSM8K_ROWS[2])
+    gsm = rows.gsm8k(GSM8K_ROWS[2])
     assert gsm["target"] == "2000" and "<<" not in gsm["solution"] and gsm["solution"].endswith("#### 2,000")
 
 
 def test_loss_covers_the_answer_tokens_only(tokenizer):
-    prompt, target = tasks.boolq(BOOLQ_ROWS[0])["prompt"], "the correct answer is true"
+    prompt, target = rows.boolq(BOOLQ_ROWS[0])["prompt"], "the correct answer is true"
     feature = tokenize_example(tokenizer, prompt, target, max_length=512)
     n_prompt = len(tokenizer(prompt)["input_ids"])
     assert feature["labels"][:n_prompt] == [IGNORE] * n_prompt
@@ -109,7 +109,7 @@ def test_loss_covers_the_answer_tokens_only(tokenizer):
 def test_collated_loss_equals_hand_computed_answer_nll(tiny):
     model, tokenizer = tiny
     features = [
-        tokenize_example(tokenizer, tasks.boolq(row)["prompt"], "the correct answer is true", 512)
+        tokenize_example(tokenizer, rows.boolq(row)["prompt"], "the correct answer is true", 512)
         for row in BOOLQ_ROWS[:3]
     ]
     features[1] = tokenize_example(tokenizer, "short prompt\n", "a longer answer than the others here", 512)
@@ -202,8 +202,8 @@ def test_generated_lm_eval_tasks_load_local_files(tmp_path):
     from lm_eval.tasks import TaskManager
 
     evaluation = {
-        "boolq": [{"id": f"b{i}", **tasks.boolq(r)} for i, r in enumerate(BOOLQ_ROWS)],
-        "gsm8k": [{"id": f"g{i}", **tasks.gsm8k(r)} for i, r in enumerate(GSM8K_ROWS)],
+        "boolq": [{"id": f"b{i}", **rows.boolq(r)} for i, r in enumerate(BOOLQ_ROWS)],
+        "gsm8k": [{"id": f"g{i}", **rows.gsm8k(r)} for i, r in enumerate(GSM8K_ROWS)],
     }
     names = write_tasks(evaluation, {"boolq": "choice", "gsm8k": "math"}, tmp_path, max_new_tokens=64)
     assert names == ["tera_boolq", "tera_gsm8k"]
@@ -229,8 +229,8 @@ def test_lm_eval_accuracy_equals_hand_computed_log_likelihood_choice(tiny, tmp_p
         for p in peft_model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p))
-    items = [{"id": f"b{i}", **tasks.boolq(r)} for i, r in enumerate(BOOLQ_ROWS)]
-    items += [{"id": f"p{i}", **tasks.piqa(r)} for i, r in enumerate(PIQA_ROWS)]
+    items = [{"id": f"b{i}", **rows.boolq(r)} for i, r in enumerate(BOOLQ_ROWS)]
+    items += [{"id": f"p{i}", **rows.piqa(r)} for i, r in enumerate(PIQA_ROWS)]
     result = evaluate_with_lm_eval(
         peft_model, tokenizer, {"mix": items}, {"mix": "choice"}, tmp_path, batch_size=4, max_new_tokens=8
     )
@@ -320,11 +320,11 @@ def test_gsm8k_test_set_stands_in_for_the_train_split_when_the_hub_is_unreachabl
     def unreachable(src, split):
         raise DataUnavailable("offline")
 
-    monkeypatch.setattr(tasks, "_load_hub_split", unreachable)
+    monkeypatch.setattr(plan, "hub_split", unreachable)
     with pytest.warns(UserWarning, match="OFFLINE STAND-IN"):
         data = tasks.load_decoder_task({"train_on": ["gsm8k"], "evaluate_on": ["gsm8k"]})
     evaluation = data.evaluation["gsm8k"]
-    assert len(evaluation) == tasks.GSM8K_OFFLINE_EVAL and len(data.train) == 1319 - tasks.GSM8K_OFFLINE_EVAL
+    assert len(evaluation) == offline.GSM8K_OFFLINE_EVAL and len(data.train) == 1319 - offline.GSM8K_OFFLINE_EVAL
     assert not {i["prompt"] for i in evaluation} & {e["prompt"] for e in data.train}
     assert "STAND-IN" in data.provenance["train/gsm8k"] and "STAND-IN" in data.provenance["eval/gsm8k"]
     with pytest.raises(DataUnavailable):
@@ -427,7 +427,7 @@ def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path)
     "convert, row, answer, shown",
     [
         (
-            tasks.siqa,
+            rows.siqa,
             {
                 "context": "Ann won.",
                 "question": "How does Ann feel?",
@@ -440,13 +440,13 @@ def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path)
             "Answer2: glad",
         ),
         (
-            tasks.hellaswag,
+            rows.hellaswag,
             {"activity_label": "Cooking", "ctx": "He cracks an egg", "endings": ["a", "b", "c", "d"], "label": "3"},
             "ending4",
             "Cooking: He cracks an egg\n\nEnding1: a",
         ),
         (
-            tasks.winogrande,
+            rows.winogrande,
             {
                 "sentence": "The cup fell off the table because _ was wobbly.",
                 "option1": "cup",
@@ -457,7 +457,7 @@ def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path)
             "Option2: table",
         ),
         (
-            tasks.arc,
+            rows.arc,
             {
                 "question": "Which is a gas?",
                 "choices": {"text": ["ice", "steam", "rock", "wood"], "label": ["A", "B", "C", "D"]},
@@ -467,7 +467,7 @@ def test_gradient_checkpointing_and_bf16_autocast_give_finite_training(tmp_path)
             "Answer4: wood\n\nAnswer format: answer1/answer2/answer3/answer4",
         ),
         (
-            tasks.obqa,
+            rows.obqa,
             {
                 "question_stem": "Plants need",
                 "choices": {"text": ["light", "salt", "noise", "sand"], "label": ["A", "B", "C", "D"]},

@@ -21,8 +21,8 @@ from experiments.run import cli as run_cli
 from experiments.run import pipeline
 from experiments.run.schema import validate
 from experiments.tables.specs import SpecError, load_tables, parse_spec
+from experiments.tasks import decoder as decoder_tasks
 from experiments.tasks.classification import load_task
-from experiments.tasks.decoder import sources as decoder_tasks
 
 from .helpers import cli, compose, last_error, options
 

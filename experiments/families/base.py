@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,9 +34,10 @@ class Family:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
-    def data_sources(self) -> list[str | Path]:
-        """What the run will read, known before reading it: local files (hashed into the run's signature) and names
-        of other sources (a hub dataset and split, a package version)."""
+    def data_fingerprint(self) -> dict[str, str]:
+        """What the run will read, known before reading it, by role (train, validation, test, ...): a local file by
+        its content hash, an installed one by package release and file, a hub split by name
+        (``experiments/records/sources.py``). Never a path: the same data read from anywhere is the same run."""
         raise NotImplementedError
 
     def load_data(self) -> Any:

@@ -14,10 +14,10 @@ from torch import nn
 from experiments.evaluation.generation import evaluate_by_generation
 from experiments.evaluation.lmeval import evaluate_with_lm_eval
 from experiments.families.base import Evaluation, Family
-from experiments.models.encoders import load_model
+from experiments.models.loading import load_model
 from experiments.run.loop import parameter_groups
+from experiments.tasks.decoder import DecoderData, fingerprint, load_decoder_task
 from experiments.tasks.decoder.batching import bucketed_batches, collate, tokenize_example
-from experiments.tasks.decoder.sources import DecoderData, decoder_task_sources, load_decoder_task
 
 
 def evaluate_all(model, tokenizer, data: DecoderData, eval_cfg, folder: Path) -> tuple[dict[str, dict], dict]:
@@ -54,8 +54,8 @@ class CausalFamily(Family):
     name = "causal"
     task_type = "CAUSAL_LM"
 
-    def data_sources(self) -> list[str | Path]:
-        return decoder_task_sources(self.cfg.task)
+    def data_fingerprint(self) -> dict[str, str]:
+        return fingerprint(self.cfg.task)
 
     def load_data(self) -> DecoderData:
         data = load_decoder_task(self.cfg.task, seed=self.cfg.seed)

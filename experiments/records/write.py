@@ -125,3 +125,21 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def probe_writable(folder: Path) -> None:
+    """Create ``folder`` and write and remove a file there, so an unwritable output is found before training."""
+    from experiments.errors import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        with open(probe, "wb") as handle:
+            handle.write(b"probe")
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot write to {folder} ({err.strerror or type(err).__name__}); choose a writable output_dir."
+        ) from None

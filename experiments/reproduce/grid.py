@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.reproduce.sweep import LAUNCHERS, ROOT, launch, table_commands
+from experiments.reproduce.sweep import LAUNCHERS, ROOT, completed_runs, launch, table_commands
 from experiments.tables.paper import render_spec
 from experiments.tables.specs import SpecError, TableSpec, available, load_tables
 
@@ -73,7 +73,10 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
                 from experiments.reproduce.properties import run_properties
 
                 run_properties(list(spec.grid["model"]), list(spec.grid["method"]), records_dir)
-        commands = table_commands(specs, args.results, args.launcher, args.extra)
+        done, legacy, total = completed_runs(specs, args.results, args.extra)
+        of_them = f" ({legacy} of them legacy records)" if legacy else ""
+        print(f"{label}: {len(done)} of {total} runs already complete{of_them}", flush=True)
+        commands = table_commands(specs, args.results, args.launcher, args.extra, done)
         if not launch(commands, {args.results / "runs" / s.records_dir for s in specs}, args.dry_run, False):
             print(
                 f"error: a run of {label} failed; fix it and run the same command again (finished runs are skipped).",

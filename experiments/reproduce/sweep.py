@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from experiments.records import naming
-from experiments.tables.specs import TableSpec
+from experiments.tables.specs import Run, TableSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = ("basic", "submitit_local", "slurm")
@@ -24,7 +24,9 @@ def logger_args(extra: list[str]) -> list[str]:
     return [] if any(a.startswith("logger=") for a in extra) else ["logger=none"]
 
 
-def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: list[str]) -> list[list[str]]:
+def multirun_commands(
+    spec: TableSpec, output_dir: Path, launcher: str, extra: list[str], done: set[tuple[str, str]] | None = None
+) -> list[list[str]]:
     """One Hydra multirun per (variant, model, task): methods and seeds are swept inside it.
 
     Grouping keeps each sweep's overrides rectangular (Hydra sweeps a Cartesian product) while run names stay
@@ -35,6 +37,8 @@ def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: l
         groups[(run.variant, run.model, run.task)].append(run)
     commands = []
     for (variant, model, task), runs in groups.items():
+        if done is not None and all(run_key(run) in done for run in runs):
+            continue  # every run of this multirun is complete: nothing to start
         methods = sorted({r.method for r in runs}, key=[r.method for r in runs].index)
         seeds = sorted({r.seed for r in runs})
         run_name = naming.hydra_run_name(task, model, variant.piece, runs[0].template)
@@ -48,6 +52,11 @@ def multirun_commands(spec: TableSpec, output_dir: Path, launcher: str, extra: l
     return commands
 
 
+def run_key(run: Run) -> tuple[str, str]:
+    """A run of a table by where its record lives: its records folder and its name."""
+    return run.spec.records_dir, run.name
+
+
 def unique(commands: Iterable[list[str]]) -> list[list[str]]:
     """Each command once, in first-seen order (tables of one spec may share runs)."""
     seen: list[list[str]] = []
@@ -57,13 +66,41 @@ def unique(commands: Iterable[list[str]]) -> list[list[str]]:
     return seen
 
 
-def table_commands(specs: list[TableSpec], results: Path, launcher: str, extra: list[str]) -> list[list[str]]:
-    """Every table's multiruns, each once."""
+def table_commands(
+    specs: list[TableSpec], results: Path, launcher: str, extra: list[str], done: set[tuple[str, str]] | None = None
+) -> list[list[str]]:
+    """Every table's multiruns, each once; with ``done``, only those with a run still to do."""
     return unique(
         command
         for spec in specs
-        for command in multirun_commands(spec, results / "runs" / spec.records_dir, launcher, extra)
+        for command in multirun_commands(spec, results / "runs" / spec.records_dir, launcher, extra, done)
     )
+
+
+def completed_runs(specs: list[TableSpec], results: Path, extra: list[str]) -> tuple[set[tuple[str, str]], int, int]:
+    """(the runs whose record is complete, how many of them are legacy records, how many runs there are): each run's
+    config is composed and identified as run.py will (settings, data and model content), nothing is loaded."""
+    from experiments.errors import USER_ERRORS
+    from experiments.run.compose import ComposeError, composer
+    from experiments.run.pipeline import finished_record, legacy_record, plan_run
+
+    own = [e for e in extra if not e.startswith(("hydra.", "hydra/"))]
+    done: set[tuple[str, str]] = set()
+    legacy = total = 0
+    with composer() as compose:
+        for spec in specs:
+            for run in spec.runs():
+                total += 1
+                try:
+                    cfg = compose([*run.overrides(results / "runs" / spec.records_dir), *logger_args(extra), *own])
+                    if finished_record(plan_run(cfg)) is not None:
+                        done.add(run_key(run))
+                    elif legacy_record(cfg) is not None:
+                        done.add(run_key(run))
+                        legacy += 1
+                except (ComposeError, *USER_ERRORS):
+                    continue  # run.py will say what is wrong with it
+    return done, legacy, total
 
 
 def launch(commands: list[list[str]], folders: set[Path], dry_run: bool, go_on_after_failed_runs: bool = True) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.records import naming
-from experiments.records.identity import is_complete, read_record
+from experiments.records.read import is_complete, read_record
 from experiments.reproduce.sweep import launch, logger_args, multirun_commands, unique
 from experiments.reproduce.tuning import (
     Cell,

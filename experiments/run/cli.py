@@ -120,7 +120,7 @@ def _group_options(loader, group: str, prefix: str = "") -> list[str]:
 def main(cfg: DictConfig) -> None:
     """One job: skip it when it finished before, else run it; a user's mistake ends with one sentence and exit 2."""
     from experiments.errors import USER_ERRORS
-    from experiments.run.pipeline import failed_record, finished_record, plan_run, run_experiment
+    from experiments.run.pipeline import failed_record, finished_record, legacy_record, plan_run, run_experiment
     from experiments.run.summary import summarise
 
     try:
@@ -129,6 +129,12 @@ def main(cfg: DictConfig) -> None:
             print(
                 f"skip {cfg.run_name}: {plan.record_path} is complete with these settings and data "
                 f"(skip_complete=false reruns)"
+            )
+            return
+        if cfg.skip_complete and (legacy := legacy_record(cfg)) is not None:
+            print(
+                f"skip {cfg.run_name}: {legacy[0]} is a legacy record (made before run ids) whose recorded settings "
+                f"match these; its data were not fingerprinted (skip_complete=false reruns)"
             )
             return
         if cfg.get("skip_failed") and (failed := failed_record(plan)) is not None:

@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from baselines import apply_method, check_targets
 from experiments.errors import RunFailed
 from experiments.families import Family, family_for
+from experiments.models.loading import model_fingerprint
 from experiments.records import identity
-from experiments.records.write import adapter_fields, environment, run_identity, write_json_atomic
+from experiments.records.read import is_complete, is_legacy, legacy_differences, read_record
+from experiments.records.write import adapter_fields, environment, probe_writable, run_identity, write_json_atomic
 from experiments.run import distributed
 from experiments.run.budget import plan_budget
 from experiments.run.checkpoints import Checkpointer
@@ -45,7 +47,8 @@ class RunPlan:
     and where its record and checkpoint live."""
 
     family: Family
-    data: dict[str, str]  # the data fingerprint: source -> content hash or name
+    data: dict[str, str]  # the data fingerprint: role -> content hash or name (never a path)
+    model: dict[str, Any]  # the model fingerprint: what the model is made of (package release, file contents, hub id)
     run_id: str
     settings_id: str
     record_path: Path
@@ -56,9 +59,10 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     """Validate ``cfg`` (every setting, before anything loads: a mistake costs seconds) and plan the run."""
     validate(cfg)
     family = family_for(cfg)
-    data = identity.data_fingerprint(family.data_sources())
+    data = family.data_fingerprint()
+    model = model_fingerprint(cfg.model)
     config = identity.resolved(cfg)
-    signature = identity.run_signature(config, data)
+    signature = identity.run_signature(config, data, model)
     run_id = identity.short_hash(signature)
     checkpoint = Checkpointer(
         identity.checkpoint_path(cfg, run_id),
@@ -69,23 +73,34 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     return RunPlan(
         family=family,
         data=data,
+        model=model,
         run_id=run_id,
-        settings_id=identity.short_hash(identity.run_signature(config, data, with_seed=False)),
+        settings_id=identity.short_hash(identity.run_signature(config, data, model, with_seed=False)),
         record_path=identity.record_path(cfg, run_id),
         checkpoint=checkpoint,
     )
 
 
 def finished_record(plan: RunPlan) -> dict[str, Any] | None:
-    """The complete record of this exact run (same settings, same data), or None."""
-    record = identity.read_record(plan.record_path)
-    return record if identity.is_complete(record) else None
+    """The complete record of this exact run (same settings, same data, same model), or None."""
+    record = read_record(plan.record_path)
+    return record if is_complete(record) else None
+
+
+def legacy_record(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
+    """A complete record of this run's name made before run ids existed, whose recorded settings agree with this
+    run's (``records/read.py``), or None. Its data were not fingerprinted: tables mark it legacy."""
+    path = identity.legacy_record_path(cfg)
+    record = read_record(path)
+    if record is None or not is_complete(record) or not is_legacy(record):
+        return None
+    return None if legacy_differences(record, identity.resolved(cfg)) else (path, record)
 
 
 def failed_record(plan: RunPlan) -> dict[str, Any] | None:
     """The record of this exact run when it failed (diverged) before, or None: a tuning trial that diverged is a
     result, not something to retry (``skip_failed``)."""
-    record = identity.read_record(plan.record_path)
+    record = read_record(plan.record_path)
     return record if record is not None and record.get("status") == "failed" else None
 
 
@@ -129,6 +144,7 @@ def record_failure(plan: RunPlan, cfg: DictConfig, err: RunFailed) -> Path:
         "failed_at_step": err.step,
         "config": identity.resolved(cfg),
         "data_fingerprint": plan.data,
+        "model_fingerprint": plan.model,
         "environment": environment(),
     }
     return write_json_atomic(plan.record_path, failed)
@@ -150,9 +166,9 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
     started = time.perf_counter()
     family = plan.family
     if distributed.is_main():  # before any work: an unwritable output folder is found now, not after training
-        identity.probe_writable(plan.record_path.parent)
+        probe_writable(plan.record_path.parent)
         if plan.checkpoint.every > 0:
-            identity.probe_writable(plan.checkpoint.path.parent)
+            probe_writable(plan.checkpoint.path.parent)
     torch.manual_seed(cfg.seed)
     device = distributed.init_from_env() or resolve_device(cfg.device)
 
@@ -218,6 +234,7 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
         "run_id": plan.run_id,
         "settings_id": plan.settings_id,
         "data_fingerprint": plan.data,
+        "model_fingerprint": plan.model,
         "warnings": warnings,
         "family": family.name,
         **family.data_fields(data),

@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from baselines import METHODS, trains_every_weight
-from experiments.records.identity import is_complete, read_record, run_signature, short_hash
+from experiments.records.identity import run_signature, short_hash
+from experiments.records.read import is_complete, is_legacy, read_record
 
 BASE_LABEL = "base (no training)"  # a zero-step run: the pretrained model evaluated as it is
 
@@ -65,6 +66,12 @@ class RecordSet:
             notes.append(f"{self.copies} record(s) repeat a (settings, seed) already counted; counted once.")
         if self.unfinished:
             notes.append(f"{self.unfinished} failed or unfinished run(s) are not counted.")
+        legacy = [r for r in self.records if is_legacy(r)]
+        if legacy:
+            notes.append(
+                f"{len(legacy)} of the {len(self.records)} records in this folder are legacy records, made before run ids existed: "
+                f"their settings are recorded, the content of their data and model was not fingerprinted."
+            )
         return notes
 
 
@@ -73,7 +80,8 @@ def settings_of(record: dict[str, Any]) -> str:
     get it from their resolved config)."""
     if record.get("settings_id"):
         return record["settings_id"]
-    return short_hash(run_signature(record.get("config") or {}, record.get("data_fingerprint"), with_seed=False))
+    config, data, model = record.get("config") or {}, record.get("data_fingerprint"), record.get("model_fingerprint")
+    return short_hash(run_signature(config, data, model, with_seed=False))
 
 
 def read_records(folder: Path, warn: bool = True) -> RecordSet:
@@ -347,8 +355,9 @@ def setting_labels(records: list[dict[str, Any]]) -> dict[str, str]:
     """For records of one (model, task, method) made with different settings: per settings id, the config values
     that tell them apart (``lr=0.0004``), or the data fingerprint where only the data differs."""
     by_settings = {settings_of(r): r for r in records}
+    contents = {sid: [r.get("data_fingerprint"), r.get("model_fingerprint")] for sid, r in by_settings.items()}
     flats = {
-        sid: _flat(r.get("config") or {}) | {"data": short_hash(json.dumps(r.get("data_fingerprint"), sort_keys=True))}
+        sid: _flat(r.get("config") or {}) | {"data": short_hash(json.dumps(contents[sid], sort_keys=True))}
         for sid, r in by_settings.items()
     }
     keys = sorted({k for flat in flats.values() for k in flat} - IGNORED_KEYS)

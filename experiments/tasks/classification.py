@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from experiments.errors import DataUnavailable
+from experiments.records import sources as named
 from experiments.tasks.files import Rows, carve, carved_note, hub_rows, read_hub, read_local_splits, where
 
 Example = dict[str, Any]
 
-__all__ = ["DataUnavailable", "Example", "TaskData", "hub_splits", "load_task", "task_sources"]
+__all__ = ["DataUnavailable", "Example", "TaskData", "hub_splits", "load_task", "task_fingerprint"]
 
 
 @dataclass
@@ -51,19 +51,23 @@ def hub_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
     return {name: hub_rows(split, task["hub_path"], task.get("hub_name"), name) for name, split in dataset.items()}
 
 
-hub_splits.data_sources = lambda task: [f"hub:{task['hub_path']}/{task.get('hub_name') or 'default'}"]
+hub_splits.data_fingerprint = lambda task: {
+    "dataset": named.hub(task["hub_path"], task.get("hub_name"), revision=task.get("revision"))
+}
 
 
-def task_sources(task: Mapping[str, Any]) -> list[str | Path]:
-    """What ``load_task`` will read: the local files, else what the task's loader says it reads (its
-    ``data_sources`` attribute), for the run's data fingerprint."""
+def task_fingerprint(task: Mapping[str, Any]) -> dict[str, str]:
+    """What ``load_task`` will read, by role: each local file of ``task.data_files`` by its content, else what the
+    task's loader says it reads (its ``data_fingerprint`` attribute), for the run's identity."""
     from hydra.utils import get_method
 
     if task.get("data_files"):
-        return [Path(path) for path in task["data_files"].values()]
+        return {role: named.local_file(path) for role, path in sorted(task["data_files"].items())}
     loader = get_method(task["loader"])
-    sources = getattr(loader, "data_sources", None)
-    return list(sources(task)) if sources else [f"loader:{task['loader']}"]
+    describe = getattr(loader, "data_fingerprint", None)
+    if describe is None:  # a loader of one's own that does not say what it reads: named by the task, not its code
+        return {"task": f"{task.get('suite')}/{task.get('name')} (loader without data_fingerprint)"}
+    return dict(describe(task))
 
 
 # ---------------------------------------------------------------------------------------------- columns and texts

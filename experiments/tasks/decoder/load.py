@@ -1,0 +1,186 @@
+"""Reading a decoder task: every part its plan names (``plan.py``), converted to items, with the split rules: a custom
+task's carved evaluation split, a tuning trial's held-out share, GSM8K's offline stand-in."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from experiments.errors import DataUnavailable
+from experiments.tasks.decoder import offline
+from experiments.tasks.decoder.custom import custom_fields
+from experiments.tasks.decoder.plan import Part, hub_split, plan_parts
+from experiments.tasks.decoder.prompts import mc_target
+from experiments.tasks.decoder.sources import Item, Source, convert_rows, source
+from experiments.tasks.files import carve, carved_note, read_local
+
+
+@dataclass
+class DecoderData:
+    train: list[Item]  # {"prompt", "target"}
+    evaluation: dict[str, list[Item]]  # per evaluated task: what the test figures are computed on
+    kinds: dict[str, str]  # per evaluated task: "choice" | "math"
+    provenance: dict[str, str]  # where each part came from, for the record
+    validation: dict[str, list[Item]] = field(default_factory=dict)  # a custom task's validation, beside its test
+    test_is_validation: bool = False
+    test_is_validation_reason: str | None = None
+    validation_carved: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # what a reader should know about the splits
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train)
+
+
+def training_example(item: Item) -> Item:
+    if "answers" in item:
+        return {"prompt": item["prompt"], "target": mc_target(item["answers"][item["label"]])}
+    return {"prompt": item["prompt"], "target": item["solution"]}
+
+
+def _bigbench_split(src: Source, seed: int, eval_fraction: float) -> tuple[list[Mapping], list[Mapping]]:
+    examples = offline.bigbench_task(src.bigbench)["examples"]
+    key = src.group or (lambda e: e["input"])
+    groups = sorted({key(e) for e in examples})
+    random.Random(seed).shuffle(groups)
+    held_out = set(groups[: round(eval_fraction * len(groups))])
+    train = [e for e in examples if key(e) not in held_out]
+    test = [e for e in examples if key(e) in held_out]
+    return train, test
+
+
+def _with_ids(name: str, items: list[Item]) -> list[Item]:
+    return [{"id": f"{name}-{i}", "task": name, **item} for i, item in enumerate(items)]
+
+
+class _Reader:
+    """Reads the parts of one task; a BIG-bench task or a stand-in is split once and both halves kept."""
+
+    def __init__(self, task: Mapping[str, Any]) -> None:
+        self.task = task
+        self.split_seed = task.get("split_seed", 0)
+        self.halves: dict[str, tuple[list[Mapping], list[Mapping]]] = {}
+
+    def _halves(self, src: Source, make) -> tuple[list[Mapping], list[Mapping]]:
+        if src.name not in self.halves:
+            self.halves[src.name] = make()
+        return self.halves[src.name]
+
+    def read(self, part: Part) -> tuple[list[Mapping], str]:
+        """The rows of ``part`` and where they came from (for the record's provenance and error messages)."""
+        src = source(part.source)
+        half = 0 if part.split == "train" else 1
+        if part.origin == "local":
+            return read_local(part.path), f"local file {part.path}"
+        if part.origin == "bigbench":
+            fraction = self.task.get("bigbench_eval_fraction", 0.2)
+            rows = self._halves(src, lambda: _bigbench_split(src, self.split_seed, fraction))[half]
+            which = "train part" if half == 0 else "held-out part"
+            return rows, f"BIG-bench {offline.BIGBENCH_VERSION} {src.bigbench}, {which}"
+        if part.origin == "stand-in":
+            train, held = self._halves(src, lambda: src.offline_stand_in(self.split_seed))
+            if half == 0:
+                where = (
+                    f"OFFLINE STAND-IN: {len(train)} {src.name} evaluation items (the hub's train split is "
+                    f"unreachable); evaluation uses the other {len(held)}"
+                )
+                warnings.warn(f"{src.name} train: {where}", stacklevel=1)
+                return train, where
+            return held, f"OFFLINE STAND-IN: held-out {src.name} {src.eval_split} items"
+        if part.origin == "installed":
+            return src.offline_eval(), f"{src.name} {src.eval_split} (installed package {src.offline_package})"
+        return list(hub_split(src, part.split)), f"hub {src.hub_path} {part.split}"
+
+
+def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
+    """Training examples and evaluation items for a ``conf/task/{commonsense,math,custom}/*`` entry."""
+    parts = plan_parts(task)
+    if source(parts[0].source).custom:
+        return _load_custom(task, source(parts[0].source), {p.role: p.path for p in parts})
+    reader = _Reader(task)
+    eval_names = list(task["evaluate_on"])
+    provenance: dict[str, str] = {}
+    train_rows: list[Item] = []
+    evaluation: dict[str, list[Item]] = {}
+    validation: dict[str, list[Item]] = {}  # tuning trials only: items held out of train (task.tune_holdout)
+    notes: list[str] = []
+    for part in parts:
+        src = source(part.source)
+        rows, where = reader.read(part)
+        provenance[part.role] = where
+        items = convert_rows(src, rows, where)
+        if part.role.startswith("eval/"):
+            evaluation[src.name] = _with_ids(src.name, items)
+            continue
+        if task.get("tune_holdout") and src.name in eval_names:
+            items, held = tune_holdout(task, src.name, items, where, provenance, notes)
+            validation[src.name] = _with_ids(src.name, held)
+        train_rows += [training_example(item) for item in items]
+    kinds = {n: source(n).kind for n in eval_names}
+    return DecoderData(train_rows, evaluation, kinds, provenance, validation=validation, notes=notes)
+
+
+def tune_holdout(
+    task: Mapping[str, Any], name: str, items: list[Item], where: str, provenance: dict[str, str], notes: list[str]
+) -> tuple[list[Item], list[Item]]:
+    """A tuning trial's validation items: ``task.tune_holdout`` of what ``name`` trains on, held out of training;
+    the evaluated (test) items stay what the task reports, so they never steer the choice."""
+    share, split_seed = float(task["tune_holdout"]), int(task.get("split_seed") or 0)
+    if len(items) < 2:
+        raise DataUnavailable(f"{where} has {len(items)} item(s), too few to hold out a tuning split from.")
+    kept, held = carve(items, share, split_seed)
+    provenance[f"validation/{name}"] = f"{len(held)} items held out of {where} for tuning (task.tune_holdout={share:g})"
+    notes.append(
+        f"validation ({name}): {len(held)} of the {len(items)} training items, held out with task.tune_holdout="
+        f"{share:g} and task.split_seed={split_seed} for tuning; the reported test items never choose"
+    )
+    return kept, held
+
+
+def _load_custom(task: Mapping[str, Any], src: Source, files: Mapping[str, str]) -> DecoderData:
+    """A user's own items (``task=custom/choice`` or ``custom/math``) under the split rules of every custom task: the
+    test file is evaluated when given, else the validation file, else a fixed-seed share of train carved off; the
+    test figures of a run without a test file are the validation split's, and the record says so."""
+    name, convert = src.name, partial(src.convert, fields=custom_fields(task))
+    parts = {split: convert_rows(src, read_local(path), path, convert) for split, path in files.items()}
+    train, validation, test = parts["train"], parts.get("validation"), parts.get("test")
+    provenance = {f"train/{name}": f"local file {files['train']}"}
+    notes: list[str] = []
+    carved = None
+    if validation is None and test is None:  # decoders evaluate one split: carve only when there is none
+        if len(train) < 2:
+            raise DataUnavailable(
+                f"{files['train']} has {len(train)} item(s), too few to carve an evaluation split from; give a "
+                f"validation or test file."
+            )
+        share, split_seed = float(task.get("validation_share") or 0.1), int(task.get("split_seed") or 0)
+        total = len(train)
+        train, validation = carve(train, share, split_seed)
+        carved = {"share": share, "seed": split_seed, "rows": len(validation), "of": total}
+        notes.append(carved_note(len(validation), total, share, split_seed))
+        provenance[f"train/{name}"] += f", less the {len(validation)} carved validation items"
+        provenance[f"eval/{name}"] = f"validation: {len(validation)} items carved from {files['train']}"
+    elif test is None:
+        provenance[f"eval/{name}"] = f"local file {files['validation']} (validation)"
+    else:
+        provenance[f"eval/{name}"] = f"local file {files['test']}"
+    reason = "no test file was given" if test is None else None
+    beside = {name: _with_ids(name, validation)} if test is not None and validation is not None else {}
+    if task.get("tune_holdout"):  # after the evaluated split is set apart: the held-out items are never test items
+        train, held = tune_holdout(task, name, train, f"local file {files['train']}", provenance, notes)
+        beside = {name: _with_ids(name, held)}
+    return DecoderData(
+        train=[training_example(item) for item in train],
+        evaluation={name: _with_ids(name, test if test is not None else validation)},
+        kinds={name: src.kind},
+        provenance=provenance,
+        validation=beside,
+        test_is_validation=test is None,
+        test_is_validation_reason=reason,
+        validation_carved=carved,
+        notes=notes,
+    )
