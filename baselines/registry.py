@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -73,7 +74,11 @@ def make_peft_config(
     if task_type is not None:
         peft_kwargs["task_type"] = task_type
     try:
-        return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
+        with warnings.catch_warnings():
+            # VeRA and RandLoRA remind that their projections are regenerated from the PRNG key, not saved: the
+            # suite's documented choice, said once in the README, not at every run.
+            warnings.filterwarnings("ignore", message="Specified to not save", category=UserWarning)
+            return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
     except TypeError as err:  # an option the method's config does not have
         raise UnknownMethod(f"Method {name!r} does not accept these options ({err}); check method.peft.") from err
     except ValueError as err:  # a value the method's config refuses (its own check, e.g. a ratio out of range)

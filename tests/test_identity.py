@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from experiments.models.encoders import minilm_path
-from experiments.records import sources as named
 from experiments.records import identity
+from experiments.records import sources as named
 from experiments.records.identity import run_signature
 from experiments.records.read import legacy_differences
 from experiments.run import pipeline

@@ -358,8 +358,8 @@ def test_committed_tables_are_what_the_code_renders_from_the_committed_records(t
     rows = markdown_rows((tmp_path / "decoder_smollm2.md").read_text())
     assert [(r["variant"], r["method"], r["average lm-eval acc"], r["trainable params"]) for r in rows] == [
         ("base (no training)", "tera", "45.50 ± 0.00", "0"),
-        ("60 steps", "tera", "45.17 ± 0.00", "15,120"),
         ("60 steps", "lora", "47.50 ± 0.00", "1,658,880"),
+        ("60 steps, decoder_lr 5e-3", "tera", "45.17 ± 0.00", "15,120"),  # the rate TeRA's records were made at
     ]
     rates = markdown_rows((tmp_path / "decoder_smollm2_tera_lr_gsm8k.md").read_text())
     assert [(r["variant"], r["GSM8K flexible"]) for r in rates] == [
@@ -438,6 +438,7 @@ def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
     capsys.readouterr()
     assert reproduce_main(["decoder_offline", "--dry-run", "--results", str(tmp_path)]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ run.py")]
-    assert len(printed) == 4  # (base, trained) x (commonsense, GSM8K)
+    assert len(printed) == 6  # (base, LoRA trained, TeRA trained at its pinned rate) x (commonsense, GSM8K)
     assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0] and "method=tera " in printed[0]
-    assert "method=tera,lora" in printed[1] and f"output_dir={tmp_path}/runs/decoder-smollm2" in printed[1]
+    assert "method=lora " in printed[1] and f"output_dir={tmp_path}/runs/decoder-smollm2" in printed[1]
+    assert "method=tera " in printed[2] and "method.decoder_lr=5e-3" in printed[2]

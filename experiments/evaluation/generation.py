@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from experiments.evaluation.extraction import extract_choice, extract_number, number_matches
+from experiments.run.progress import Progress
 
 
 @torch.no_grad()
@@ -25,7 +25,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        starts = range(0, len(order), batch_size)
+        for start in Progress(starts, len(starts), desc, leave=False):
             chunk = order[start : start + batch_size]
             batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True).to(device)
             tokens = model.generate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ class CausalFamily(Family):
     def prepare_model(self, model: nn.Module) -> None:
         checkpointing = bool(self.cfg.train.get("gradient_checkpointing"))
         if checkpointing:
+            # transformers 5 warns of its own deprecated attribute inside its checkpointing check at every step; the
+            # suite cannot act on it. Only that message is silenced.
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
             # Before PEFT wraps the model; use_reentrant=False lets gradients reach adapters behind frozen embeddings.
             kwargs = {"use_reentrant": False}
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from experiments.errors import RunFailed
 from experiments.evaluation.metrics import compute
 from experiments.run import distributed
 from experiments.run.checkpoints import Checkpointer, PreemptionGuard
+from experiments.run.progress import Progress
 from experiments.tasks.classification import Example
 
 
@@ -49,7 +49,8 @@ def evaluate(
 ) -> dict[str, float]:
     model.eval()
     predictions: list = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
+    starts = range(0, len(examples), batch_size)
+    for start in Progress(starts, len(starts), desc, leave=False):
         chunk = examples[start : start + batch_size]
         logits = model(**encode(tokenizer, chunk, max_length, device)).logits
         predictions.extend(logits.squeeze(-1).tolist() if regression else logits.argmax(-1).tolist())
@@ -151,7 +152,7 @@ def train(
         print(f"resuming from {checkpoint.path} at step {first} of {steps}")
     forward = distributed.wrap(model)
     start = time.perf_counter()
-    bar = tqdm(range(first, steps + 1), desc="train", initial=first - 1, total=steps, disable=not distributed.is_main())
+    bar = Progress(range(first, steps + 1), steps, "train", initial=first - 1, enabled=distributed.is_main())
     if checkpoint is not None and checkpoint.every <= 0:
         checkpoint = None  # checkpointing off: no periodic saves, no saving on a signal (the loaded one still counts)
     # Only with a checkpoint is a preemption signal worth deferring to the end of the step.
@@ -222,7 +223,7 @@ def train(
                 if logging:
                     if log_fn is not None:
                         log_fn(step, result.losses[-1])
-                    bar.set_postfix(loss=f"{sum(result.losses[-20:]) / len(result.losses[-20:]):.4f}")
+                    bar.set_loss(sum(result.losses[-20:]) / len(result.losses[-20:]))
                 if evaluating:
                     result.train_seconds += time.perf_counter() - start
                     result.evaluations.append({"step": step, **evaluate_fn(step)})

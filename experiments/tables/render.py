@@ -69,8 +69,8 @@ class RecordSet:
         legacy = [r for r in self.records if is_legacy(r)]
         if legacy:
             notes.append(
-                f"{len(legacy)} of the {len(self.records)} records in this folder are legacy records, made before run ids existed: "
-                f"their settings are recorded, the content of their data and model was not fingerprinted."
+                f"{len(legacy)} of the {len(self.records)} records in this folder are legacy records, made before run "
+                f"ids existed: their settings are recorded, the content of their data and model was not fingerprinted."
             )
         return notes
 
