@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from .tensorize import TensorPlan
 
 RANK_SIDE = "rank"
-MODE_SIDE = "mode"
 
 
 def cast(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:

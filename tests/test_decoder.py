@@ -373,7 +373,7 @@ def test_tiny_llama_trains_and_evaluates_end_to_end(tmp_path, method):
     metrics = record["final_metrics"]
     assert {"test_boolq_lmeval_acc", "test_boolq_lmeval_acc_norm", "test_boolq_llmadapters_gen_acc"} <= set(metrics)
     assert record["evaluated_examples"] == {"boolq": 4} and record["steps"] == 4
-    assert record["train_tokens_per_step"] == 8 and math.isfinite(record["loss_last_20"])
+    assert record["train_examples_per_step"] == 8 and math.isfinite(record["loss_last_20"])
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert record["median_rank"] > 0 and record["learning_rate"] == cfg.method.decoder_lr
     assert len(record["generations"]["boolq"]) == 4

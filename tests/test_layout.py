@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("experiments", "baselines", "tera")
 MAX_MODULE_LINES = 520
+MAX_FUNCTION_LINES = 60
 
 
 def _module(path: Path) -> str:
@@ -72,6 +73,18 @@ def test_no_oversized_module():
     sizes = {p: len(p.read_text().splitlines()) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
     big = {str(p.relative_to(ROOT)): n for p, n in sizes.items() if n > MAX_MODULE_LINES}
     assert not big, big
+
+
+def test_no_oversized_function():
+    long = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long[f"{path.relative_to(ROOT)}:{node.name}"] = lines
+    assert not long, long
 
 
 def test_the_cycle_finder_finds_one():

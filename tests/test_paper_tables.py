@@ -68,11 +68,6 @@ def test_the_run_name_convention_is_one_function():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["method=lora", "task=glue/mrpc", "model=tiny", "seed=3"])
     assert cfg.run_name == naming.run_name("lora", "glue/mrpc", "tiny", 3)  # conf/config.yaml spells the same
-    naming.register_resolver()  # the same convention as a resolver a config can call
-    as_resolver = OmegaConf.create(
-        {"m": "vera", "suite": "glue", "t": "rte", "seed": 2, "name": "${run_name:${m},${suite}/${t},tiny,${seed}}"}
-    )
-    assert as_resolver.name == naming.run_name("vera", "glue/rte", "tiny", 2)
 
 
 def test_grid_expansion_and_multirun_commands(tmp_path):

@@ -43,18 +43,5 @@ def hydra_run_name(task: str, model: str, variant: str = "", template: str = RUN
     return run_name("${method.name}", task, model, "${seed}", variant, template)
 
 
-# What conf/config.yaml's ``run_name`` spells (checked by tests): the convention with every piece from the config.
-CONFIG_RUN_NAME = run_name("${method.name}", "${task.suite}/${task.name}", "${model.name}", "${seed}")
-
-
 def properties_name(method: str, model: str) -> str:
     return PROPERTIES_NAME.format(method=method, model=model)
-
-
-def register_resolver() -> None:
-    """``${run_name:METHOD,SUITE/TASK,MODEL,SEED}`` in a Hydra/OmegaConf config: the convention as a resolver, so a
-    config can call :func:`run_name` instead of spelling it. Idempotent."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("run_name"):
-        OmegaConf.register_new_resolver("run_name", run_name)

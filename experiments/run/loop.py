@@ -108,6 +108,145 @@ def loop_options(train_cfg: Any) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Options:
+    steps: int
+    device: torch.device
+    grad_accum: int
+    max_grad_norm: float | None
+    eval_every: int | None
+    evaluate_fn: Callable[[int], dict[str, Any]] | None
+    log_fn: Callable[[int, float], None] | None
+    log_every: int
+
+
+class _Loop:
+    """The state of one training run: optimizer, schedule, scaler, the losses still on the device and the result."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        param_groups,
+        options: _Options,
+        precision: str,
+        warmup_ratio: float,
+        weight_decay: float,
+        checkpoint: Checkpointer | None,
+    ) -> None:
+        self.model, self.options, self.checkpoint = model, options, checkpoint
+        self.optimizer = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+        steps = options.steps
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, math.ceil(warmup_ratio * steps), steps)
+        self.amp = autocast_dtype(precision, options.device)
+        # fp16 needs loss scaling (bf16 and fp32 do not): gradients that underflow would silently be zero.
+        self.scaler = torch.amp.GradScaler(options.device.type, enabled=self.amp is torch.float16)
+        self.trainable = [p for group in param_groups for p in group["params"]]
+        self.result = TrainResult(steps=steps, train_seconds=0.0)
+        self.pending: list[torch.Tensor] = []  # step losses still on the device: read them (one sync) when needed
+        self.start = time.perf_counter()
+
+    def resume(self, batches: Iterator[list[int]]) -> int:
+        """The first step to run: after a loaded checkpoint's, else 1."""
+        saved = self.checkpoint.load(self.model, self.optimizer, self.scheduler) if self.checkpoint else None
+        if saved is None:
+            return 1
+        self.result.losses, self.result.evaluations = saved["losses"], saved["evaluations"]
+        self.result.train_seconds = saved["train_seconds"]
+        for _ in range(saved["step"] * self.options.grad_accum):  # replay the batch order up to where it stopped
+            next(batches)
+        print(f"resuming from {self.checkpoint.path} at step {saved['step'] + 1} of {self.options.steps}")
+        return saved["step"] + 1
+
+    def read_losses(self, step: int) -> None:
+        """Move the pending losses to ``result.losses``; stop the run at a non-finite loss or trainable value."""
+        if not self.pending:
+            return
+        values = torch.stack(self.pending).tolist()
+        self.pending.clear()
+        first_pending, steps = step - len(values) + 1, self.options.steps
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise RunFailed(
+                    f"Training stopped at step {first_pending + offset} of {steps}: the loss is {value} (a learning "
+                    f"rate too large, or data the loss cannot take); no result was recorded as complete.",
+                    step=first_pending + offset,
+                )
+        self.result.losses.extend(values)
+        if not all(bool(torch.isfinite(p).all()) for p in self.trainable):
+            raise RunFailed(
+                f"Training stopped at step {step} of {steps}: a trainable value is not finite (a learning rate too "
+                f"large?); no result was recorded as complete.",
+                step=step,
+            )
+
+    def save(self, step: int) -> None:
+        elapsed = self.result.train_seconds + time.perf_counter() - self.start
+        state = {"losses": self.result.losses, "evaluations": self.result.evaluations, "train_seconds": elapsed}
+        try:
+            self.checkpoint.save(self.model, self.optimizer, self.scheduler, step, state)
+        except (OSError, RuntimeError) as err:  # a full disk: the run goes on, only its final record must be written
+            print(
+                f"warning: could not save the checkpoint of step {step} to {self.checkpoint.path} ({err}); "
+                f"training goes on"
+            )
+
+    def optimizer_step(self, forward: nn.Module, batches: Iterator[list[int]], make_batch: Callable) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches; its loss stays on the device (``pending``)."""
+        device, grad_accum = self.options.device, self.options.grad_accum
+        self.model.train()
+        step_loss = torch.zeros((), device=device)
+        for micro in range(grad_accum):
+            # Under DDP, all-reduce the gradients once per optimizer step: on the last micro-batch only.
+            with distributed.sync_gradients(forward, micro == grad_accum - 1):
+                with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
+                    loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
+                self.scaler.scale(loss).backward()
+            step_loss += loss.detach().float()
+        if self.options.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.options.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending.append(step_loss)
+
+    def after_step(self, step: int, bar: Progress, guard: Any) -> None:
+        """Read, log, evaluate, checkpoint and answer a preemption signal, each only when due."""
+        o, checkpoint = self.options, self.checkpoint
+        evaluating = o.evaluate_fn is not None and o.eval_every and step % o.eval_every == 0 and step < o.steps
+        due = checkpoint is not None and checkpoint.due(step, o.steps)
+        logging = step % o.log_every == 0 or step == o.steps
+        # On a CPU reading a loss costs nothing: check every step; on an accelerator at the log steps (one sync).
+        read_every = 1 if o.device.type == "cpu" else o.log_every
+        if logging or evaluating or due or step % read_every == 0:
+            self.read_losses(step)
+        if logging:
+            if o.log_fn is not None:
+                o.log_fn(step, self.result.losses[-1])
+            bar.set_loss(sum(self.result.losses[-20:]) / len(self.result.losses[-20:]))
+        if evaluating:
+            self.result.train_seconds += time.perf_counter() - self.start
+            self.result.evaluations.append({"step": step, **o.evaluate_fn(step)})
+            self.start = time.perf_counter()
+        preempted = checkpoint is not None and guard.pending is not None
+        if (due or preempted) and distributed.is_main():
+            self.read_losses(step)
+            self.save(step)
+        if preempted:
+            print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
+            guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
+
+    def save_on_interrupt(self, done: int, first: int) -> None:
+        """Ctrl-C: keep what the finished steps did, so the same command continues from there."""
+        checkpoint = self.checkpoint
+        if checkpoint is not None and distributed.is_main() and done >= first and checkpoint.saved_step != done:
+            del self.pending[done - len(self.result.losses) :]  # only the losses of finished steps (1..done) are kept
+            self.read_losses(done)
+            self.save(done)
+            print(f"interrupted: checkpoint of step {done} saved to {checkpoint.path}; the same command continues")
+
+
 def train(
     model: nn.Module,
     *,
@@ -134,115 +273,26 @@ def train(
     saved every ``checkpoint.every`` steps and when a preemption signal arrives (after the step in progress), and a
     run that finds a checkpoint continues from it.
     """
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * steps), steps)
-    amp = autocast_dtype(precision, device)
-    # fp16 needs loss scaling (bf16 and fp32 do not): gradients that underflow would silently be zero.
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    trainable = [p for group in param_groups for p in group["params"]]
-    result = TrainResult(steps=steps, train_seconds=0.0)
-    first = 1
-    saved = checkpoint.load(model, optimizer, scheduler) if checkpoint else None
-    if saved is not None:
-        first = saved["step"] + 1
-        result.losses, result.evaluations = saved["losses"], saved["evaluations"]
-        result.train_seconds = saved["train_seconds"]
-        for _ in range(saved["step"] * grad_accum):  # replay the batch order up to where the run stopped
-            next(batches)
-        print(f"resuming from {checkpoint.path} at step {first} of {steps}")
+    options = _Options(steps, device, grad_accum, max_grad_norm, eval_every, evaluate_fn, log_fn, log_every)
+    loop = _Loop(model, param_groups, options, precision, warmup_ratio, weight_decay, checkpoint)
+    first = loop.resume(batches)
     forward = distributed.wrap(model)
-    start = time.perf_counter()
+    loop.start = time.perf_counter()
     bar = Progress(range(first, steps + 1), steps, "train", initial=first - 1, enabled=distributed.is_main())
     if checkpoint is not None and checkpoint.every <= 0:
-        checkpoint = None  # checkpointing off: no periodic saves, no saving on a signal (the loaded one still counts)
+        loop.checkpoint = None  # checkpointing off: no periodic saves, none on a signal (the loaded one still counts)
     # Only with a checkpoint is a preemption signal worth deferring to the end of the step.
-    guard = PreemptionGuard() if checkpoint is not None else contextlib.nullcontext()
-    pending: list[torch.Tensor] = []  # step losses still on the device: read them (one sync) only when needed
-    # On a CPU reading a loss costs nothing: check every step; on an accelerator at the log steps (one sync).
-    read_every = 1 if device.type == "cpu" else log_every
+    guard = PreemptionGuard() if loop.checkpoint is not None else contextlib.nullcontext()
     done = first - 1  # the last step whose optimizer update is complete (what a checkpoint may hold)
-
-    def read_losses(step: int) -> None:
-        """Move the pending losses to ``result.losses``; stop the run at a non-finite loss or trainable value."""
-        if not pending:
-            return
-        values = torch.stack(pending).tolist()
-        pending.clear()
-        first_pending = step - len(values) + 1
-        for offset, value in enumerate(values):
-            if not math.isfinite(value):
-                raise RunFailed(
-                    f"Training stopped at step {first_pending + offset} of {steps}: the loss is {value} (a learning "
-                    f"rate too large, or data the loss cannot take); no result was recorded as complete.",
-                    step=first_pending + offset,
-                )
-        result.losses.extend(values)
-        if not all(bool(torch.isfinite(p).all()) for p in trainable):
-            raise RunFailed(
-                f"Training stopped at step {step} of {steps}: a trainable value is not finite (a learning rate too "
-                f"large?); no result was recorded as complete.",
-                step=step,
-            )
-
-    def save(step: int) -> None:
-        elapsed = result.train_seconds + time.perf_counter() - start
-        state = {"losses": result.losses, "evaluations": result.evaluations, "train_seconds": elapsed}
-        try:
-            checkpoint.save(model, optimizer, scheduler, step, state)
-        except (OSError, RuntimeError) as err:  # a full disk: the run goes on, only its final record must be written
-            print(
-                f"warning: could not save the checkpoint of step {step} to {checkpoint.path} ({err}); training goes on"
-            )
-
     try:
         with guard:
             for step in bar:
-                model.train()
-                step_loss = torch.zeros((), device=device)
-                for micro in range(grad_accum):
-                    # Under DDP, all-reduce the gradients once per optimizer step: on the last micro-batch only.
-                    with distributed.sync_gradients(forward, micro == grad_accum - 1):
-                        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                            loss = forward(**make_batch(distributed.shard(next(batches)))).loss / grad_accum
-                        scaler.scale(loss).backward()
-                    step_loss += loss.detach().float()
-                if max_grad_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                pending.append(step_loss)
+                loop.optimizer_step(forward, batches, make_batch)
                 done = step
-                evaluating = evaluate_fn is not None and eval_every and step % eval_every == 0 and step < steps
-                due = checkpoint is not None and checkpoint.due(step, steps)
-                logging = step % log_every == 0 or step == steps
-                if logging or evaluating or due or step % read_every == 0:
-                    read_losses(step)
-                if logging:
-                    if log_fn is not None:
-                        log_fn(step, result.losses[-1])
-                    bar.set_loss(sum(result.losses[-20:]) / len(result.losses[-20:]))
-                if evaluating:
-                    result.train_seconds += time.perf_counter() - start
-                    result.evaluations.append({"step": step, **evaluate_fn(step)})
-                    start = time.perf_counter()
-                preempted = checkpoint is not None and guard.pending is not None
-                if (due or preempted) and distributed.is_main():
-                    read_losses(step)
-                    save(step)
-                if preempted:
-                    print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
-                    guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
+                loop.after_step(step, bar, guard)
     except KeyboardInterrupt:
-        # Ctrl-C: keep what the finished steps did, so the same command continues from there.
-        if checkpoint is not None and distributed.is_main() and done >= first and checkpoint.saved_step != done:
-            del pending[done - len(result.losses) :]  # only the losses of finished steps (1..done) are kept
-            read_losses(done)
-            save(done)
-            print(f"interrupted: checkpoint of step {done} saved to {checkpoint.path}; the same command continues")
+        loop.save_on_interrupt(done, first)
         raise
-    read_losses(steps)
-    result.train_seconds += time.perf_counter() - start
-    return result
+    loop.read_losses(steps)
+    loop.result.train_seconds += time.perf_counter() - loop.start
+    return loop.result

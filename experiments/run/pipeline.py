@@ -162,16 +162,22 @@ def run_experiment(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[dict[s
         raise
 
 
-def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | None]:
-    started = time.perf_counter()
-    family = plan.family
-    if distributed.is_main():  # before any work: an unwritable output folder is found now, not after training
-        probe_writable(plan.record_path.parent)
-        if plan.checkpoint.every > 0:
-            probe_writable(plan.checkpoint.path.parent)
-    torch.manual_seed(cfg.seed)
-    device = distributed.init_from_env() or resolve_device(cfg.device)
+@dataclass
+class _Loaded:
+    """What a run holds after its data and model are loaded and the method applied."""
 
+    data: Any
+    budget: Any
+    warnings: list[str]
+    model: torch.nn.Module
+    tokenizer: Any
+    total_params: int
+    trainable: int
+
+
+def _load(cfg: DictConfig, plan: RunPlan, device: torch.device) -> _Loaded:
+    """Data (checked), budget, the pretrained model and the method applied to it."""
+    family = plan.family
     data = family.load_data()
     budget = plan_budget(cfg.train, data.train_size)
     warnings = family.data_warnings(data)
@@ -196,38 +202,56 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
     ).to(device)
     distributed.check_same_buffers(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return _Loaded(data, budget, warnings, model, tokenizer, total_params, trainable)
 
+
+def _train(cfg: DictConfig, plan: RunPlan, run: _Loaded, device: torch.device, log) -> TrainResult | None:
+    if run.budget.steps <= 0:
+        return None
+    family = plan.family
+    batches, make_batch = family.batches(run.data, run.tokenizer, device)
+    main = distributed.is_main()
+    periodic = family.periodic_evaluation(run.model, run.tokenizer, run.data, device, log) if main else None
+    return train(
+        run.model,
+        batches=batches,
+        make_batch=make_batch,
+        param_groups=family.param_groups(run.model),
+        steps=run.budget.steps,
+        device=device,
+        **loop_options(cfg.train),
+        eval_every=cfg.train.eval_every,
+        evaluate_fn=periodic,
+        log_fn=lambda step, loss: log({"train/loss": loss}, step),
+        checkpoint=plan.checkpoint,
+    )
+
+
+def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | None]:
+    started = time.perf_counter()
+    family = plan.family
+    if distributed.is_main():  # before any work: an unwritable output folder is found now, not after training
+        probe_writable(plan.record_path.parent)
+        if plan.checkpoint.every > 0:
+            probe_writable(plan.checkpoint.path.parent)
+    torch.manual_seed(cfg.seed)
+    device = distributed.init_from_env() or resolve_device(cfg.device)
+    run = _load(cfg, plan, device)
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracker(cfg.logger if distributed.is_main() else {"name": "none"}, cfg.run_name, config)
 
     def log(values: dict[str, Any], step: int) -> None:
         tracker.log(values, step=step)
 
-    result = None
-    if budget.steps > 0:
-        batches, make_batch = family.batches(data, tokenizer, device)
-        periodic = family.periodic_evaluation(model, tokenizer, data, device, log) if distributed.is_main() else None
-        result = train(
-            model,
-            batches=batches,
-            make_batch=make_batch,
-            param_groups=family.param_groups(model),
-            steps=budget.steps,
-            device=device,
-            **loop_options(cfg.train),
-            eval_every=cfg.train.eval_every,
-            evaluate_fn=periodic,
-            log_fn=lambda step, loss: log({"train/loss": loss}, step),
-            checkpoint=plan.checkpoint,
-        )
+    result = _train(cfg, plan, run, device, log)
     if not distributed.is_main():  # rank 0 evaluates and writes the record
         return None, None
 
     eval_start = time.perf_counter()
-    evaluation = family.evaluate(model, tokenizer, data, device, budget.steps)
+    evaluation = family.evaluate(run.model, run.tokenizer, run.data, device, run.budget.steps)
     eval_seconds = time.perf_counter() - eval_start
     final_metrics, metric_notes = defined_metrics(evaluation.final_metrics)
-    log({k.replace("_", "/", 1): v for k, v in final_metrics.items() if v is not None}, budget.steps)
+    log({k.replace("_", "/", 1): v for k, v in final_metrics.items() if v is not None}, run.budget.steps)
 
     record = {
         **run_identity(cfg, config, device),
@@ -235,16 +259,16 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
         "settings_id": plan.settings_id,
         "data_fingerprint": plan.data,
         "model_fingerprint": plan.model,
-        "warnings": warnings,
+        "warnings": run.warnings,
         "family": family.name,
-        **family.data_fields(data),
-        "trainable_params": trainable,
-        "total_params": total_params,
-        **adapter_fields(model, method.name),
-        "steps": budget.steps,
+        **family.data_fields(run.data),
+        "trainable_params": run.trainable,
+        "total_params": run.total_params,
+        **adapter_fields(run.model, cfg.method.name),
+        "steps": run.budget.steps,
         "learning_rate": family.learning_rate(),  # the adapter's rate (the head's is train.head_lr)
-        "budget": budget.as_dict(),
-        "train_tokens_per_step": budget.global_batch,
+        "budget": run.budget.as_dict(),
+        "train_examples_per_step": run.budget.global_batch,  # the global batch (older records: train_tokens_per_step)
         "evaluations": [*(result.evaluations if result else []), *evaluation.evaluations],
         "final_metrics": final_metrics,
         "metric_notes": metric_notes,

@@ -280,6 +280,34 @@ def _tune_holdout(
     return train, holdout, {"share": share, "seed": split_seed, "rows": len(holdout), "of": total, "tuning": True}
 
 
+def _validation_split(
+    task: Mapping[str, Any], rows: dict[str, list[dict]], splits: dict[str, list[Example]], validation_name: str
+) -> tuple[list[Example], list[Example], dict[str, Any] | None, list[str]]:
+    """(train, validation, how validation was carved or None, notes): the task's validation split, else a
+    fixed-seed ``task.validation_share`` of train."""
+    notes: list[str] = []
+    train = splits["train"]
+    validation = splits.get(validation_name)
+    carved = None
+    if validation is None:
+        share, split_seed = task.get("validation_share"), int(task.get("split_seed") or 0)
+        if not share:
+            raise DataUnavailable(
+                f"Task {task['name']} has no {validation_name!r} split; name one in task.data_files, or carve one "
+                f"from train with ++task.validation_share=0.1."
+            )
+        if len(train) < 2:
+            raise DataUnavailable(
+                f"{_source(rows['train'], 'The train split')} has {len(train)} row(s), too few to carve a validation "
+                f"split from; give a validation file."
+            )
+        total = len(train)
+        train, validation = carve(train, float(share), split_seed)
+        carved = {"share": float(share), "seed": split_seed, "rows": len(validation), "of": total}
+        notes.append(carved_note(len(validation), total, float(share), split_seed))
+    return train, validation, carved, notes
+
+
 def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
     """Load a task from its config (``conf/task/...``): local ``data_files`` when given, else its default source.
 
@@ -302,27 +330,7 @@ def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
     num_labels, label_map = _resolve_labels(task, splits)
     metrics, main_metric = _metrics(task, num_labels)
 
-    notes: list[str] = []
-    train = splits["train"]
-    validation = splits.get(validation_name)
-    carved = None
-    if validation is None:
-        share, split_seed = task.get("validation_share"), int(task.get("split_seed") or 0)
-        if not share:
-            raise DataUnavailable(
-                f"Task {task['name']} has no {validation_name!r} split; name one in task.data_files, or carve one "
-                f"from train with ++task.validation_share=0.1."
-            )
-        if len(train) < 2:
-            raise DataUnavailable(
-                f"{_source(rows['train'], 'The train split')} has {len(train)} row(s), too few to carve a validation "
-                f"split from; give a validation file."
-            )
-        total = len(train)
-        train, validation = carve(train, float(share), split_seed)
-        carved = {"share": float(share), "seed": split_seed, "rows": len(validation), "of": total}
-        notes.append(carved_note(len(validation), total, float(share), split_seed))
-
+    train, validation, carved, notes = _validation_split(task, rows, splits, validation_name)
     if test_name and test_name in splits:
         test, reason = splits[test_name], None
     else:

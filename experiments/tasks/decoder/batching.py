@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 
@@ -52,7 +51,3 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, pool: i
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         yield from batches
-
-
-def answer_tokens(features: Sequence[dict[str, Any]]) -> int:
-    return sum(sum(1 for label in f["labels"] if label != IGNORE) for f in features)
