@@ -390,19 +390,19 @@ def test_run_py_exits_2_with_the_sentence_and_no_traceback(tmp_path):
 # ------------------------------------------------------------------------------------------ readers
 
 
-def test_csv_cells_are_typed_per_column_and_rows_know_their_lines(tmp_path):
+def test_csv_cells_stay_text_as_written_and_rows_know_their_lines(tmp_path):
     path = _write(
-        tmp_path / "a.csv", 'text,label,score,flag\n"two\nlines",1,0.5,true\n\nplain,2,,False\n"x, y",3,2,true\n'
+        tmp_path / "a.csv", 'text,label,score,flag\n"two\nlines",1,0.5,true\n\nplain,2,,False\n"x, y",3,2,TRUE\n'
     )
     rows = read_local(path)
     assert rows == [
-        {"text": "two\nlines", "label": 1, "score": 0.5, "flag": True},
-        {"text": "plain", "label": 2, "score": None, "flag": False},
-        {"text": "x, y", "label": 3, "score": 2.0, "flag": True},
+        {"text": "two\nlines", "label": "1", "score": "0.5", "flag": "true"},
+        {"text": "plain", "label": "2", "score": None, "flag": "False"},
+        {"text": "x, y", "label": "3", "score": "2", "flag": "TRUE"},
     ]
     assert [rows.where(i) for i in range(3)] == [f"{path} line 2", f"{path} line 5", f"{path} line 6"]
     bom = _write(tmp_path / "bom.csv", b"\xef\xbb\xbftext,label\na,1\n")  # Excel's UTF-8 CSV
-    assert read_local(bom) == [{"text": "a", "label": 1}]
+    assert read_local(bom) == [{"text": "a", "label": "1"}]
 
 
 def test_json_lists_json_lines_under_a_json_name_and_parquet(tmp_path):

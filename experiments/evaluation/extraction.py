@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 
 STRICT_PATTERN = r"(?:####|[Tt]he answer is:?)\s*\$?(-?[0-9][0-9.,]*)"
 FLEXIBLE_PATTERN = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
@@ -40,18 +41,22 @@ def extract_choice(generation: str, answers: Sequence[str]) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def extract_number(generation: str) -> float | None:
-    """The last number in ``generation`` (commas removed), as LLM-Adapters scores math, else None."""
+def extract_number(generation: str) -> Decimal | None:
+    """The last number in ``generation`` (commas removed), as LLM-Adapters scores math, else None; exact (a Decimal),
+    so an integer beyond 2**53 or a long decimal is compared as written."""
     numbers = _NUMBER.findall(generation.replace(",", ""))
     if not numbers:
         return None
     try:
-        return float(numbers[-1].rstrip("."))
-    except ValueError:
+        return Decimal(numbers[-1].rstrip("."))
+    except InvalidOperation:
         return None
 
 
-def number_matches(prediction: float | None, target: str) -> bool:
+def number_matches(prediction: Decimal | float | None, target: str) -> bool:
+    """LLM-Adapters' rule: equal to within 1e-3, computed exactly."""
     if prediction is None:
         return False
-    return abs(prediction - float(target.replace(",", ""))) < 1e-3
+    gold = Decimal(target.replace(",", "").replace("$", ""))
+    value = Decimal(repr(prediction)) if isinstance(prediction, float) else prediction
+    return abs(value - gold) < Decimal("0.001")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.errors import DataUnavailable
 from experiments.evaluation.generation import evaluate_by_generation
 from experiments.evaluation.lmeval import evaluate_with_lm_eval
 from experiments.families.base import Evaluation, Family
@@ -49,6 +50,21 @@ def flatten(metrics: dict[str, dict[str, float]], split: str = "test") -> dict[s
             if len(values) == len(metrics):
                 flat[f"{split}_average_{key}"] = statistics.fmean(values)
     return flat
+
+
+def check_truncation(features: list[dict[str, Any]], max_length: int) -> dict[str, Any]:
+    """How many training examples lost tokens to ``max_length``; an example whose prompt would vanish entirely, or
+    whose answer would be cut, is refused (it would teach an answer to no question, or half an answer)."""
+    for index, feature in enumerate(features):
+        if feature["prompt_kept"] == 0 or feature["target_cut"]:
+            lost = "its whole prompt" if feature["prompt_kept"] == 0 else f"{feature['target_cut']} answer token(s)"
+            raise DataUnavailable(
+                f"train.max_length={max_length} is too short for training example {index + 1}: it would lose {lost}; "
+                f"raise train.max_length (python -m experiments.preview shows what the model sees)."
+            )
+    cut = sum(1 for f in features if f["prompt_cut"])
+    how = "prompts lose tokens from their start; the answer is kept whole"
+    return {"examples": len(features), "cut": cut, "max_length": max_length, "how": how}
 
 
 class CausalFamily(Family):
@@ -90,6 +106,7 @@ class CausalFamily(Family):
     def batches(self, data: DecoderData, tokenizer: Any, device: torch.device):
         max_length = self.cfg.train.max_length
         features = [tokenize_example(tokenizer, e["prompt"], e["target"], max_length) for e in data.train]
+        self.truncated = {"train": check_truncation(features, max_length)}
         lengths = [len(f["input_ids"]) for f in features]
         batches = bucketed_batches(lengths, self.cfg.train.batch_size, self.cfg.seed)
         return batches, lambda indices: collate([features[i] for i in indices], tokenizer.pad_token_id, device)
@@ -118,6 +135,8 @@ class CausalFamily(Family):
             },
         )
 
+    truncated: dict[str, Any] | None = None  # training examples cut to train.max_length (set by batches)
+
     def data_fields(self, data: DecoderData) -> dict[str, Any]:
         sizes = {"train": len(data.train), **{f"eval_{k}": len(v) for k, v in data.evaluation.items()}}
         sizes |= {f"validation_{k}": len(v) for k, v in data.validation.items()}
@@ -126,4 +145,5 @@ class CausalFamily(Family):
             "data_provenance": data.provenance,
             "validation_carved": data.validation_carved,
             "data_notes": data.notes,
+            "truncated": self.truncated,
         }

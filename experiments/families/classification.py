@@ -15,6 +15,16 @@ from experiments.run.loop import encode, evaluate, labels_of, parameter_groups, 
 from experiments.tasks.classification import TaskData, load_task, task_fingerprint
 
 
+def cut_examples(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> dict[str, Any]:
+    """How many examples are longer than ``max_length`` tokens (the encoder reads their first ``max_length``)."""
+    first = [e["text_a"] for e in examples]
+    second = [e["text_b"] for e in examples] if examples[0]["text_b"] is not None else None
+    lengths = [len(ids) for ids in tokenizer(first, second, truncation=False)["input_ids"]]
+    cut = sum(1 for n in lengths if n > max_length)
+    how = "the texts' ends are cut; pairs lose tokens from the longer text first"
+    return {"examples": len(examples), "cut": cut, "max_length": max_length, "how": how}
+
+
 class ClassificationFamily(Family):
     name = "classification"
 
@@ -49,8 +59,12 @@ class ClassificationFamily(Family):
         head_lr = None if trains_every_weight(self.cfg.method.name) else self.cfg.train.head_lr
         return parameter_groups(model, self.learning_rate(), head_lr, list(self.modules_to_save))
 
+    truncated: dict[str, Any] | None = None  # examples per split cut to train.max_length (set by batches)
+
     def batches(self, data: TaskData, tokenizer: Any, device: torch.device):
         train, max_length = data.train, self.cfg.train.max_length
+        splits = {"train": train, "validation": data.validation, "test": data.test}
+        self.truncated = {name: cut_examples(tokenizer, part, max_length) for name, part in splits.items() if part}
 
         def make_batch(indices: list[int]) -> dict[str, torch.Tensor]:
             examples = [train[i] for i in indices]
@@ -120,4 +134,5 @@ class ClassificationFamily(Family):
             "main_metric": data.main_metric,
             "validation_carved": data.validation_carved,
             "data_notes": data.notes,
+            "truncated": self.truncated,
         }

@@ -156,6 +156,9 @@ class CausalTaskSettings(_Section):
     choices_field: str = "choices"
     answer_field: str = "answer"
     solution_field: str = "solution"
+    # custom/choice: how an answer is read; auto takes an index, a choice's text or a letter and refuses an answer
+    # that two of these readings point to different choices ("1" among choices ["2", "4", "1", "3"])
+    answer_format: Literal["auto", "index", "text", "letter"] = "auto"
     validation_share: float = Field(0.1, gt=0, lt=1)
     # Tuning trials: hold out this share of each evaluated task's training items as its validation split (decoder
     # tasks have none of their own), so the split reported as test never steers the choice

@@ -69,11 +69,24 @@ def _decoder_lines(record: dict[str, Any]) -> list[str]:
     return lines + [f"data         {line}" for line in stand_ins]
 
 
+def truncation_lines(truncated: dict[str, Any] | None) -> list[str]:
+    """``train: 12 of 900 examples cut to train.max_length=128 tokens (...)``, one line per split with cuts."""
+    lines = []
+    for split, seen in (truncated or {}).items():
+        if seen.get("cut"):
+            lines.append(
+                f"{split}: {seen['cut']:,} of {seen['examples']:,} examples cut to train.max_length="
+                f"{seen['max_length']} tokens ({seen['how']})"
+            )
+    return lines
+
+
 def _tail(record: dict[str, Any], path: Path) -> list[str]:
     budget = record.get("budget")
     notes = [f"{key} is n/a: {why}" for key, why in (record.get("metric_notes") or {}).items()]
     return [
         *[f"data         {line}" for line in record.get("data_notes") or []],  # e.g. a carved validation split
+        *[f"truncated    {line}" for line in truncation_lines(record.get("truncated"))],
         *[f"warning      {line}" for line in [*(record.get("warnings") or []), *notes]],
         *([f"budget       {budget['note']}"] if budget else []),
         f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "

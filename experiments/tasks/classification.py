@@ -11,6 +11,7 @@ validation split as the test figure, and says so (``test_is_validation`` and its
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +121,13 @@ def _examples(rows: list[dict], text_fields: list[str], label_field: str, split:
             raise DataUnavailable(
                 f"{where(rows, index, source)} has no field {absent[0]!r}; every row needs {', '.join(needed)}."
             )
+        nested = [c for c in text_fields if isinstance(row[c], (dict, list, tuple))]
+        if nested:
+            kind = "an object" if isinstance(row[nested[0]], dict) else "a list"
+            raise DataUnavailable(
+                f"{where(rows, index, source)} has {kind}, not text, in {nested[0]!r} (a nested Parquet or JSON "
+                f"value); text columns take text: flatten the column, or name another with task.text_fields."
+            )
         blank = [c for c in text_fields if _blank(row[c])]
         if blank:
             raise DataUnavailable(
@@ -140,30 +148,64 @@ def _examples(rows: list[dict], text_fields: list[str], label_field: str, split:
 # ---------------------------------------------------------------------------------------------------- labels
 
 
-def _class_index(value: Any) -> Any:
-    # A CSV column of 0/1 with one 0.5 in it is read as floats: keep whole numbers as class indices, so the check
-    # names the value that is wrong (0.5), not every label.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _resolve_labels(task: Mapping[str, Any], splits: dict[str, list[Example]]) -> tuple[int, dict[str, int] | None]:
+def _label_value(value: Any) -> Any:
+    """One rule for every file format (a CSV cell is text, a JSON value may be a number or a string): a whole number,
+    or text of one (``1``, ``"1"``, ``1.0``), is a class index; other numbers are kept as numbers, so the check names
+    the value that is not a class (``0.5``); any other text is a class name."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
+def _strip_labels(task: Mapping[str, Any], everything: list[Example]) -> list[str]:
+    """Labels with spaces around them (``" pos"``) are read without them, and a warning counts them: ``"pos"`` and
+    ``" pos"`` are one class, never two."""
+    padded = [e for e in everything if isinstance(e["label"], str) and e["label"] != e["label"].strip()]
+    if not padded:
+        return []
+    first = padded[0]
+    for e in padded:
+        e["label"] = e["label"].strip()
+    field = task.get("label_field", "label")
+    return [
+        f"{len(padded)} label(s) had spaces around them and were read without them (first: {first['where']}, its "
+        f"{field!r}); check the file if the spaces meant something"
+    ]
+
+
+def _resolve_labels(
+    task: Mapping[str, Any], splits: dict[str, list[Example]]
+) -> tuple[int, dict[str, int] | None, list[str]]:
     """Check every label and turn it into what the model trains on: a float (regression, ``num_labels`` 1) or a
-    class index. Returns the number of classes (from the data unless ``task.num_labels`` gives it) and the label map
-    of string labels (sorted), or None."""
+    class index. Returns the number of classes (from the data unless ``task.num_labels`` gives it), the label map
+    of string labels (sorted) or None, and warnings about labels that were normalised."""
     given = task.get("num_labels")
     everything = [e for part in splits.values() for e in part]
-    if given == 1:  # regression: any number
-        for e in everything:
-            if isinstance(e["label"], bool) or not isinstance(e["label"], (int, float)):
-                raise DataUnavailable(
-                    f"{e['where']} has the label {e['label']!r}; task.num_labels=1 (regression) takes numbers."
-                )
-            e["label"] = float(e["label"])
-        return 1, None
     for e in everything:
         if e["label"] is None or (isinstance(e["label"], str) and not e["label"].strip()):
             raise DataUnavailable(f"{e['where']} has no label (its {task.get('label_field', 'label')!r} is empty).")
-        e["label"] = str(e["label"]) if isinstance(e["label"], bool) else _class_index(e["label"])
+    warnings = _strip_labels(task, everything)
+    if given == 1:  # regression: any number, written as a number or as text
+        for e in everything:
+            value = _label_value(e["label"])
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataUnavailable(
+                    f"{e['where']} has the label {e['label']!r}; task.num_labels=1 (regression) takes numbers."
+                )
+            e["label"] = float(value)
+        return 1, None, warnings
+    for e in everything:
+        e["label"] = _label_value(e["label"])
     strings = [e for e in everything if isinstance(e["label"], str)]
     numbers = [e for e in everything if not isinstance(e["label"], str)]
     if strings and numbers:
@@ -172,8 +214,8 @@ def _resolve_labels(task: Mapping[str, Any], splits: dict[str, list[Example]]) -
             f"{numbers[0]['label']!r}; use one kind of label, class indices from 0 or strings."
         )
     if strings:
-        return _string_labels(task, given, strings)
-    return _index_labels(task, given, splits), None
+        return (*_string_labels(task, given, strings), warnings)
+    return _index_labels(task, given, splits), None, warnings
 
 
 def _string_labels(task: Mapping[str, Any], given: int | None, examples: list[Example]) -> tuple[int, dict[str, int]]:
@@ -327,7 +369,7 @@ def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
     text_fields = _text_fields(task, rows["train"])
     label_field = task.get("label_field", "label")
     splits = {name: _examples(part, text_fields, label_field, name) for name, part in rows.items()}
-    num_labels, label_map = _resolve_labels(task, splits)
+    num_labels, label_map, label_warnings = _resolve_labels(task, splits)
     metrics, main_metric = _metrics(task, num_labels)
 
     train, validation, carved, notes = _validation_split(task, rows, splits, validation_name)
@@ -355,5 +397,5 @@ def load_task(task: Mapping[str, Any], seed: int = 0) -> TaskData:
         validation_carved=carved,
         notes=notes,
     )
-    data.warnings = _class_warnings(data)
+    data.warnings = [*label_warnings, *_class_warnings(data)]
     return data

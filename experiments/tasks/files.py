@@ -3,9 +3,11 @@
 Local files may be CSV, TSV, JSON (a list of objects, or one object per line), JSONL or Parquet. They are parsed here,
 not by ``datasets``, so that a bad file is one sentence naming the file, the line and what was expected (a
 ``datasets`` cast error is sixty lines about Arrow), and every row knows where it came from (:class:`Rows`). CSV and
-TSV cells are typed per column, as pandas would: all integers -> int, all numbers -> float, all true/false -> bool,
-else text; an empty cell is None. Hub datasets need the network once; where it is missing the error says how to point
-the task at local files instead.
+TSV cells stay text exactly as written (``00017`` stays ``00017``, ``TRUE`` stays ``TRUE``); an empty cell is None.
+Where a task needs a number (a class index, a regression target, a math answer, a choice index) it reads the text by
+one rule for every format (``classification.py``, ``decoder/custom.py``). A nested Parquet or JSON value in a text
+column is refused where it is read, never trained on as its Python repr. Hub datasets need the network once; where it
+is missing the error says how to point the task at local files instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import csv
 import io
 import json
 import random
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,6 @@ from experiments.errors import DataUnavailable
 
 Row = dict[str, Any]
 SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")  # the local file formats every task reads
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 csv.field_size_limit(2**31 - 1)  # a long document is one cell, not an error (the default limit is 128 KiB)
 
 
@@ -61,6 +60,8 @@ def read_local(path: str | Path) -> Rows:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataUnavailable(f"{path} must be a CSV, TSV, JSON, JSONL or Parquet file.")
+    if path.is_dir():
+        raise DataUnavailable(f"The data file {path} is a folder; name a file in it (task.data_files takes files).")
     if not path.is_file():
         raise DataUnavailable(f"The data file {path} does not exist.")
     if suffix == ".parquet":
@@ -137,23 +138,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Rows:
         raise DataUnavailable(f"Cannot read {path} as {kind}: line {reader.line_num}, {err}.") from None
     if not records:
         raise DataUnavailable(f"{path} has a header line ({', '.join(header)}) but no rows.")
-    columns = [_typed([row[i] for row in records]) for i in range(len(header))]
-    rows = [dict(zip(header, values)) for values in zip(*columns)]
+    rows = [{name: cell if cell.strip() else None for name, cell in zip(header, row)} for row in records]
     return Rows(rows, str(path), lines, "line")
-
-
-def _typed(cells: list[str]) -> list[Any]:
-    """One CSV column with one type: int, float or bool where every non-empty cell is one, else text."""
-    filled = [c.strip() for c in cells if c.strip()]
-    if filled and all(_INT.fullmatch(c) for c in filled):
-        convert: Any = int
-    elif filled and all(_FLOAT.fullmatch(c) for c in filled):
-        convert = float
-    elif filled and all(c.lower() in ("true", "false") for c in filled):
-        convert = lambda c: c.lower() == "true"  # noqa: E731
-    else:
-        return [c if c.strip() else None for c in cells]
-    return [convert(c.strip()) if c.strip() else None for c in cells]
 
 
 def _object_rows(path: Path, items: list[Any], lines: list[int] | None, unit: str) -> Rows:

@@ -18,10 +18,17 @@ def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> di
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    whole_target = len(target_ids)
     target_ids = target_ids[:max_length]
     room = max_length - len(target_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - room :] if room > 0 else []
-    return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE] * len(prompt_ids) + target_ids}
+    kept = prompt_ids[len(prompt_ids) - room :] if room > 0 else []
+    return {
+        "input_ids": kept + target_ids,
+        "labels": [IGNORE] * len(kept) + target_ids,
+        "prompt_cut": len(prompt_ids) - len(kept),  # prompt tokens lost from its start
+        "prompt_kept": len(kept),
+        "target_cut": whole_target - len(target_ids),
+    }
 
 
 def collate(features: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

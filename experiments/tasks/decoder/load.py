@@ -146,6 +146,8 @@ def _load_custom(task: Mapping[str, Any], src: Source, files: Mapping[str, str])
     test file is evaluated when given, else the validation file, else a fixed-seed share of train carved off; the
     test figures of a run without a test file are the validation split's, and the record says so."""
     name, convert = src.name, partial(src.convert, fields=custom_fields(task))
+    if src.name == "custom_choice":
+        convert = partial(convert, answer_format=task.get("answer_format") or "auto")
     parts = {split: convert_rows(src, read_local(path), path, convert) for split, path in files.items()}
     train, validation, test = parts["train"], parts.get("validation"), parts.get("test")
     provenance = {f"train/{name}": f"local file {files['train']}"}
