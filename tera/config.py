@@ -68,12 +68,14 @@ class TeraConfig(PeftConfig):
             Store the shared factors in the adapter file.  A full core is as large as the weight itself (hundreds of
             MB for a 7B model), so by default they are regenerated from the key and only a checksum is stored.
         projection_checksums (`dict[str, str]`):
-            Filled in automatically, one per factor group (tensor plan): a digest of the factors together with
-            ``diagonal_placement`` and ``scaling``.  Every load checks it, so regenerated factors that differ (another
-            key, another PyTorch version) or an edited placement or scaling fail loudly instead of silently changing
-            the model; a config without checksums is refused unless the adapter file holds the factors.  Load an
-            adapter with the config saved beside it (``PeftModel.from_pretrained(model, path)``), in a process that
-            has run ``import tera`` (without it PEFT stops with ``KeyError: 'TERA'``).
+            Filled in automatically when the adapter is created, one per factor group (tensor plan): a digest of the
+            factors together with ``diagonal_placement`` and ``scaling``.  The adapter's state dict carries the same
+            checksums, so a state dict loads into any model built from the same config (``get_peft_model`` then
+            ``set_peft_model_state_dict``, or ``from_pretrained`` with ``config=``).  Every load checks them, so
+            regenerated factors that differ (another key, another PyTorch version) or an edited placement or scaling
+            fail loudly instead of silently changing the model; only a file saved before state dicts carried checksums
+            needs the config saved beside it.  Load in a process that has run ``import tera`` (without it PEFT stops
+            with ``KeyError: 'TERA'``).
         forward_path (`str`, defaults to `"auto"`):
             ``"factorised"`` contracts the input through the factors (cheap for shrunk cores and few tokens),
             ``"merged"`` builds ``W + dW`` and runs one matmul with a custom backward (cheap for full cores and many

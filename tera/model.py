@@ -18,6 +18,9 @@ from .tensorize import TensorPlan, plan_for_weight
 from .tuners_utils import linear_base
 
 SHARED_ATTR = "tera_shared"
+# Adapter files carry each factor group's checksum as a tensor under this name, so a state dict proves which factors
+# it was trained with on its own, whatever config it is loaded with (PEFT's set_peft_model_state_dict path).
+CHECKSUM_ATTR = "tera_checksum"
 
 
 class SharedFactorsMismatch(ValueError):
@@ -41,10 +44,13 @@ class TeraModel(BaseTuner):
     ``share_factors=False`` (an ablation) the key is the plan and the layer's name: one set per layer.  Deleting the
     last adapter that uses a set of factors frees it.
 
-    Every adapter's config records a checksum per factor group (:func:`tera.factors.adapter_checksum`: the factors,
-    the diagonal placement and the scaling).  Every load checks it: a config without checksums whose factors are not
-    in the adapter file is refused, and one whose checksums do not match is refused, so a load never silently
-    computes another model.
+    Every adapter records a checksum per factor group (:func:`tera.factors.adapter_checksum`: the factors, the
+    diagonal placement and the scaling), in its config when it is created and in its state dict
+    (``base_model.tera_checksum.<group>``, a uint8 tensor of the hex digits).  Every load compares the factors it will
+    use with the checksums of the state dict and of the config as it arrived: a mismatch is refused, and so is a load
+    where neither holds a checksum nor the file the factors (a file saved before state dicts carried checksums, with a
+    new config), so a load never silently computes another model.  Weights in the state dict that no TeRA layer of
+    the model takes (``target_modules`` edited since saving) are refused too.
     """
 
     uses_shared_state: bool = True
@@ -121,13 +127,22 @@ class TeraModel(BaseTuner):
             if isinstance(module, TeraLayer) and adapter_name in module.tera_factor_group
         }
 
-    def _verify_load(self, adapter_name: str, config: TeraConfig, state_dict: dict[str, torch.Tensor]) -> None:
-        """Refuse a load that cannot be shown to compute the update the adapter was trained with."""
+    def _factor_keys(self, group: str) -> list[str]:
+        return [f"base_model.{SHARED_ATTR}.{key}" for key in self._groups[group].keys]
+
+    def _verify_load(
+        self, adapter_name: str, config: TeraConfig, state_dict: dict[str, torch.Tensor], in_file: dict[str, str]
+    ) -> None:
+        """Refuse a load that cannot be shown to compute the update the adapter was trained with.
+
+        ``in_file`` holds the checksums the state dict carries; the config's are the ones it arrived with.  A config
+        made anew (``get_peft_model`` then ``set_peft_model_state_dict``) brings none, and the file's decide.
+        """
         arrived = self._arrived_checksums.get(adapter_name, {})
         for group in sorted(self._adapter_groups(adapter_name)):
-            recorded = arrived.get(group)
+            recorded = [c for c in (arrived.get(group), in_file.get(group)) if c is not None]
             if config.save_projection:
-                full = [f"base_model.{SHARED_ATTR}.{key}" for key in self._groups[group].keys]
+                full = self._factor_keys(group)
                 missing = [key for key in full if key not in state_dict]
                 if missing:
                     raise ValueError(
@@ -135,14 +150,14 @@ class TeraModel(BaseTuner):
                         f"save_projection=True; the file is incomplete or belongs to another model, save it again."
                     )
                 digest = self._checksum(group, config, [state_dict[key] for key in full])
-                if recorded is None:  # the factors come from the file itself: nothing to regenerate or compare
-                    config.projection_checksums[group] = digest
-                    continue
+            elif not recorded:
+                raise SharedFactorsMismatch(_missing_checksum_message(group, config, {**in_file, **arrived}))
             else:
-                if recorded is None:
-                    raise SharedFactorsMismatch(_missing_checksum_message(group, config, arrived))
                 digest = self._checksum(group, config)
-            _check_recorded(group, config, recorded, digest)
+            for expected in recorded:
+                _check_recorded(group, config, expected, digest)
+            # Saved factors replace the generated ones, whatever projection_prng_key the config names.
+            config.projection_checksums[group] = digest
 
     def _create_and_replace(
         self, tera_config: TeraConfig, adapter_name: str, target, target_name, parent, current_key=None, **kwargs
@@ -189,26 +204,30 @@ class TeraModel(BaseTuner):
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         to_return = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        if not config.save_projection:
-            return to_return
         tuner = _find_tuner(model)
-        # One canonical copy of the factors this adapter's layers use, never one per layer.
         for group in sorted(tuner._adapter_groups(adapter_name)):
-            full = [f"base_model.{SHARED_ATTR}.{key}" for key in tuner._groups[group].keys]
-            if any(key not in state_dict for key in full):
-                raise ValueError(
-                    "The model was created with save_projection=False, so its shared factors are not part of its "
-                    "state; set save_projection=False in the config before saving."
-                )
-            to_return.update({key: state_dict[key] for key in full})
-            # The config is written after the weights: record the checksum of the values in this file (they may have
-            # been cast since the adapter was made, e.g. model.to(torch.bfloat16)).
-            config.projection_checksums[group] = tuner._checksum(group, config, [state_dict[key] for key in full])
+            if config.save_projection:
+                # One canonical copy of the factors this adapter's layers use, never one per layer.
+                full = tuner._factor_keys(group)
+                if any(key not in state_dict for key in full):
+                    raise ValueError(
+                        "The model was created with save_projection=False, so its shared factors are not part of "
+                        "its state; set save_projection=False in the config before saving."
+                    )
+                to_return.update({key: state_dict[key] for key in full})
+                # The config is written after the weights: record the checksum of the values in this file (they may
+                # have been cast since the adapter was made, e.g. model.to(torch.bfloat16)).
+                config.projection_checksums[group] = tuner._checksum(group, config, [state_dict[key] for key in full])
+            recorded = config.projection_checksums.setdefault(group, tuner._checksum(group, config))
+            to_return[f"base_model.{CHECKSUM_ATTR}.{group}"] = _encode_checksum(recorded)
         return to_return
 
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        in_file = {}
+        for key in [k for k in remapped if CHECKSUM_ATTR in k.split(".")]:
+            in_file[key.partition(f"{CHECKSUM_ATTR}.")[2]] = _decode_checksum(remapped.pop(key))
         has_factors = any(f".{SHARED_ATTR}." in key for key in remapped)
         if config.save_projection and not has_factors:
             raise ValueError(
@@ -221,7 +240,11 @@ class TeraModel(BaseTuner):
                 stacklevel=2,
             )
             remapped = {k: v for k, v in remapped.items() if f".{SHARED_ATTR}." not in k}
-        _find_tuner(model)._verify_load(adapter_name, config, remapped)
+        tuner = _find_tuner(model)
+        _refuse_unplaced(
+            remapped, cls.prefix, {k for g in tuner._adapter_groups(adapter_name) for k in tuner._factor_keys(g)}
+        )
+        tuner._verify_load(adapter_name, config, remapped, in_file)
         return remapped
 
 
@@ -235,32 +258,63 @@ def _find_tuner(model: nn.Module) -> TeraModel:
     return tuner
 
 
+def _encode_checksum(digest: str) -> torch.Tensor:
+    return torch.tensor(list(digest.encode("ascii")), dtype=torch.uint8)
+
+
+def _decode_checksum(tensor: torch.Tensor) -> str:
+    return bytes(tensor.detach().cpu().to(torch.uint8).tolist()).decode("ascii")
+
+
+def _refuse_unplaced(remapped: dict[str, torch.Tensor], prefix: str, factor_keys: set[str]) -> None:
+    """Refuse TeRA weights that no layer of the model takes: model.load_state_dict(strict=False) would skip them
+    without a word (PEFT only warns about missing keys), and the adapter would silently lose those layers."""
+    # PEFT's remap turns every checkpoint key "<module>.tera_lambda" the model has a layer for into
+    # "<module>.tera_lambda.<adapter>"; the ones left as they were have no layer.
+    lambdas = [k for k in remapped if k.split(".")[-1] == prefix]
+    factors = [k for k in remapped if SHARED_ATTR in k.split(".") and k not in factor_keys]
+    unplaced = lambdas + factors
+    if unplaced:
+        more = f" (and {len(unplaced) - 1} more)" if len(unplaced) > 1 else ""
+        raise ValueError(
+            f"The TeRA adapter holds {unplaced[0]!r}{more}, which no TeRA layer of this model takes because the "
+            f"target_modules of its adapter_config.json (or of the config passed) do not cover it, so loading would "
+            f"drop those weights and compute another model; load it with the target_modules, layers_to_transform and "
+            f"exclude_modules it was saved with, onto the model it was trained on."
+        )
+
+
 def _check_recorded(group: str, config: TeraConfig, recorded: str, digest: str) -> None:
     if recorded == digest:
         return
-    source = (
-        "stored in the adapter file"
-        if config.save_projection
-        else (f"regenerated from projection_prng_key={config.projection_prng_key}")
-    )
+    if config.save_projection:
+        source = "stored in the adapter file"
+        cause = "the config's diagonal_placement or scaling differ from the saved ones or the file was altered"
+    else:
+        source = f"regenerated from projection_prng_key={config.projection_prng_key}"
+        cause = (
+            "the config's projection_prng_key, diagonal_placement or scaling differ from the saved ones or this "
+            "PyTorch version draws other factors"
+        )
     raise SharedFactorsMismatch(
         f"The shared TeRA factors for {group}, {source}, with diagonal_placement={config.diagonal_placement!r} and "
         f"scaling={config.scaling!r} have checksum {digest}, not the {recorded} the adapter was saved with, so loading "
-        f"would silently change the model: the config was edited or this PyTorch version draws other factors; load "
-        f"the adapter with the config it was saved with, or save it with save_projection=True."
+        f"would silently change the model: {cause}; load the adapter with the config it was saved with, or save it "
+        f"with save_projection=True."
     )
 
 
-def _missing_checksum_message(group: str, config: TeraConfig, arrived: dict[str, str]) -> str:
-    if not arrived:
+def _missing_checksum_message(group: str, config: TeraConfig, known: dict[str, str]) -> str:
+    if not known:
         return (
-            f"The TeRA config being loaded has no projection_checksums and the adapter file holds no shared factors "
-            f"(save_projection=False), so nothing shows that the factors regenerated from projection_prng_key="
-            f"{config.projection_prng_key} are the ones the adapter was trained with; load it with the config saved "
-            f"beside it (PeftModel.from_pretrained without config=, or TeraConfig.from_pretrained(path))."
+            f"The TeRA config being loaded has no projection_checksums and the adapter file holds neither shared "
+            f"factors (save_projection=False) nor checksums (it predates them), so nothing shows that the factors "
+            f"regenerated from projection_prng_key={config.projection_prng_key} are the ones the adapter was trained "
+            f"with; load it with the config saved beside it (PeftModel.from_pretrained without config=, or "
+            f"TeraConfig.from_pretrained(path))."
         )
     return (
-        f"The TeRA config being loaded records checksums for {sorted(arrived)} but this model needs factor group "
+        f"The TeRA adapter being loaded records checksums for {sorted(known)} but this model needs factor group "
         f"{group}: the config's tensor_order, tensor_shape or core_rank_ratio were edited, or the adapter was trained "
         f"on a model with other weight shapes; load it with its saved config onto the model it was trained on."
     )
