@@ -154,3 +154,21 @@ def test_cuts_are_counted_and_a_vanishing_prompt_is_refused():
 
 def test_decimal_extraction_is_exact():
     assert extract_number("so 12345678901234567891.") == Decimal("12345678901234567891")
+
+
+def test_preview_prints_what_the_model_sees_and_a_summary(tmp_path, capsys):
+    from experiments.preview import main as preview_main
+
+    path = tmp_path / "m.csv"
+    path.write_text('question,answer\n"How many in 1,234 boxes of 1?","1,234"\nPi to 14 places?,3.14159265358979\n')
+    files = f"task.data_files={{train: {path}, test: {path}}}"
+    assert preview_main(["model=tiny-llama", "task=custom/math", files, "--n", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [s["split"] for s in shown] == ["train", "eval/custom_math"]
+    assert shown[1]["target"] == "1234" and "1,234 boxes" in shown[1]["input"]
+    assert lines[-2] == "# train: 2 examples; 0 cut to 256 tokens (prompts lose their start)"
+    assert preview_main(["model=tiny-llama", "task=custom/math", files, "train.max_length=8"]) == 2
+    assert "train.max_length=8 is too short for training example" in capsys.readouterr().err
+    assert preview_main(["model=tiny", "task=custom/classification", "task.data_files={train: /no/such.csv}"]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -136,3 +136,15 @@ tiny.fingerprint = lambda cfg: {
     "tokenizer": named.model_folder(cfg["path"]) if cfg.get("path") else smollm2.fingerprint(cfg)["weights"],
 }
 hub.fingerprint = lambda cfg: {"weights": named.local_or_hub_model(cfg["path"], cfg.get("revision"))}
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return _finish_tokenizer(AutoTokenizer.from_pretrained(path))
+
+
+# The tokenizer alone (python -m experiments.preview shows what the model sees without loading the model).
+smollm2.tokenizer = lambda cfg: _tokenizer(smollm2_path())
+tiny.tokenizer = lambda cfg: _tokenizer(cfg.get("path") or smollm2_path())
+hub.tokenizer = lambda cfg: _tokenizer(cfg["path"])

@@ -92,3 +92,15 @@ tiny.fingerprint = lambda cfg: {
     "tokenizer": named.model_folder(cfg["path"]) if cfg.get("path") else minilm.fingerprint(cfg)["weights"],
 }
 hub_classifier.fingerprint = lambda cfg: {"weights": named.local_or_hub_model(cfg["path"], cfg.get("revision"))}
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+# The tokenizer alone (python -m experiments.preview shows what the model sees without loading the model).
+minilm.tokenizer = lambda cfg: _tokenizer(minilm_path())
+tiny.tokenizer = lambda cfg: _tokenizer(cfg.get("path") or minilm_path())
+hub_classifier.tokenizer = lambda cfg: _tokenizer(cfg["path"])

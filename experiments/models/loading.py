@@ -21,6 +21,15 @@ def load_model(model_cfg: Mapping[str, Any], *, num_labels: int | None, seed: in
     return _loader(model_cfg)(model_cfg, num_labels=num_labels, seed=seed, device=device)
 
 
+def load_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
+    """The tokenizer of a ``conf/model`` entry without its weights (the loader's ``tokenizer``); a loader of one's own
+    without one has its model loaded and its tokenizer kept."""
+    loader = _loader(model_cfg)
+    if hasattr(loader, "tokenizer"):
+        return loader.tokenizer(model_cfg)
+    return loader(model_cfg, num_labels=None, seed=0, device=torch.device("cpu"))[1]
+
+
 def model_fingerprint(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What the model of ``model_cfg`` is made of; a loader of one's own without a ``fingerprint`` is named by the
     model's name (its files are then not checked: say what it reads by giving the loader a ``fingerprint``)."""

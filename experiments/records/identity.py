@@ -73,7 +73,19 @@ def run_signature(
         kept["data"] = data
     if model is not None:
         kept["model_content"] = model
-    return json.dumps(kept, sort_keys=True, default=str)
+    return json.dumps(canonical(kept), sort_keys=True, default=str)
+
+
+def canonical(value: Any) -> Any:
+    """Equal numbers spelled differently are one value: ``train.warmup_ratio=0`` and the config's ``0.0``, an
+    ``epochs`` of 3 and of 3.0, compute the same thing and get one run id."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def short_hash(text: str) -> str:

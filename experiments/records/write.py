@@ -15,7 +15,21 @@ from typing import Any
 
 import torch
 
+from experiments.cache import cache_root
+from experiments.errors import ConfigError, UserError
+
 PACKAGES = ("torch", "transformers", "peft", "tera-suite")
+NAME_MAX = 255  # bytes in a file name on the usual file systems (ext4, XFS, btrfs, APFS, NTFS), the most allowed here
+# The longest file name the suite makes from a run name: its checkpoint moved aside when it cannot be read
+# (experiments/run/checkpoints.py); the record's temporary file, ".<run name>-<id>.json.<8 random>.tmp", is shorter.
+RUN_NAME_SUFFIX = "-01234567.pt.unreadable-20260101-000000"
+
+
+class RecordNotWritten(UserError):
+    """A run that finished (or failed) whose record could not be written where it belongs; exit status 3, as for any
+    run that ends after training without a record a rerun or table would find."""
+
+    exit_code = 3
 
 
 def package_versions(packages=PACKAGES) -> dict[str, str | None]:
@@ -127,10 +141,57 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return path
 
 
+def rescue_folders() -> list[Path]:
+    """Where a record that cannot be written to its output folder goes instead, in this order. No rerun, skip decision
+    or table looks here: a rescued record is for the user to move back."""
+    return [cache_root() / "rescued-records", Path(tempfile.gettempdir()) / "tera-suite-rescued-records"]
+
+
+def rescue_record(path: Path, record: dict[str, Any], why: str) -> Path:
+    """Write ``record``, which could not be written to ``path`` (a folder made read-only during the run, a disk error:
+    ``why``), to the first rescue folder that takes it, under the same file name; returns where. Raises
+    :class:`RecordNotWritten`, with the record's final metrics in its sentence, when none does."""
+    for folder in rescue_folders():
+        try:
+            return write_json_atomic(folder / path.name, record)
+        except OSError:
+            continue
+    metrics = json.dumps(strict_json(record.get("final_metrics")), default=str)
+    raise RecordNotWritten(
+        f"The record of {path.name} could not be written to {path} ({why}) nor to "
+        f"{' or '.join(str(f) for f in rescue_folders())}; its final metrics were {metrics}."
+    )
+
+
+def rescued_sentence(path: Path, rescued: Path, why: str) -> str:
+    return (
+        f"The run finished, but its record could not be written to {path} ({why}); it was saved to {rescued} "
+        f"instead, a rescue copy that no rerun or table looks at: move it into {path.parent} to keep the result."
+    )
+
+
+def check_run_name(run_name: str, output_dir: str | Path) -> None:
+    """Refuse, before anything loads, a run name too long for the file names made from it (the record, the checkpoint,
+    their temporary and moved-aside files), which only the record's write at the end would find."""
+    name_max = NAME_MAX
+    folder = Path(output_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        name_max = min(NAME_MAX, os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no such query on this platform or file system
+        pass
+    size, limit = len(str(run_name).encode()), name_max - len(RUN_NAME_SUFFIX)
+    if size > limit:
+        raise ConfigError(
+            f"run_name is {size} bytes long, too long for the file names made from it (<run_name>-<run id>.json, its "
+            f"checkpoint and their temporary files must fit the file system's {name_max}-byte limit); use at most "
+            f"{limit} bytes."
+        )
+
+
 def probe_writable(folder: Path) -> None:
     """Create ``folder`` and write and remove a file there, so an unwritable output is found before training."""
-    from experiments.errors import ConfigError
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}"

@@ -43,6 +43,14 @@ def _main_metric(task: str, overrides: list[str]) -> str:
     return f"test_{settings.get('main_metric') or (settings.get('metrics') or ['accuracy'])[0]}"
 
 
+def _seeds(value: str) -> list[int]:
+    """``seed=0,1,2`` as integers; anything else (``range(0,2)``, ``1.5``) is a :class:`SpecError`."""
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise SpecError(f"seed takes integers separated by commas (seed=0,1,2), got {value!r}.") from None
+
+
 def comparison(overrides: list[str], metric: str | None = None) -> TableSpec:
     """A table spec from run.py overrides: ``model``, ``task``, ``method`` and ``seed`` (comma lists) make its grid,
     the rest apply to every run (Hydra's own, ``hydra.*``, are not part of it: pass them after ``--``)."""
@@ -59,7 +67,7 @@ def comparison(overrides: list[str], metric: str | None = None) -> TableSpec:
     for override in overrides:
         key, _, value = override.partition("=")
         if key in GRID_KEYS:
-            grid[key] = [int(v) if key == "seed" else v for v in value.split(",") if v]
+            grid[key] = _seeds(value) if key == "seed" else [v for v in value.split(",") if v]
         else:
             rest.append(override)
     tasks = grid["task"]

@@ -3,6 +3,7 @@ a user's mistake into one sentence with exit status 2, and print the summary."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-MAX_CHECKED_JOBS = 512  # a larger sweep is checked on its first jobs here and on each job when it starts
+ANNOUNCED_JOBS = 100  # a sweep of more jobs says that it is being checked (about 7 ms a job, more per group choice)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -50,10 +51,10 @@ def preflight(argv: list[str]) -> None:
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
     from experiments.errors import USER_ERRORS
+    from experiments.records.write import check_run_name
     from experiments.run.schema import validate
 
     try:
@@ -71,24 +72,65 @@ def preflight(argv: list[str]) -> None:
     hydra = Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
     try:
         try:
-            jobs = list(itertools.islice(_jobs(args.overrides, args.multirun), MAX_CHECKED_JOBS))
+            jobs = list(_jobs(args.overrides, args.multirun))
         except HydraException as err:
             fail(f"Cannot parse the overrides: {_one_line(err)}")
+        if len(jobs) > ANNOUNCED_JOBS:
+            print(f"checking the {len(jobs)} jobs of the sweep before the first one starts", flush=True)
+        compose = _composer(hydra, args.config_name or "config")
         for number, overrides in enumerate(jobs):
             where = f" (job {number} of the sweep: {' '.join(overrides)})" if args.multirun and len(jobs) > 1 else ""
             try:
-                cfg = hydra.compose_config(
-                    args.config_name or "config", overrides, run_mode=RunMode.RUN, with_log_configuration=False
-                )
-                with open_dict(cfg):
-                    del cfg["hydra"]
+                cfg = compose(overrides)
                 validate(cfg)
+                check_run_name(cfg.run_name, cfg.output_dir)
             except (HydraException, OmegaConfBaseException) as err:
                 fail(_config_sentence(err, hydra).removesuffix(".") + where + ".")
             except USER_ERRORS as err:
                 fail(_one_line(err).removesuffix(".") + where + ".")
     finally:
         GlobalHydra.instance().clear()
+
+
+def _composer(hydra, config_name: str):
+    """A function from one job's overrides to its composed config (without the ``hydra`` node), as Hydra composes
+    it, in milliseconds a job, so every job of a large sweep is checked. Hydra builds a config from the config-group
+    choices (``method=lora``, ``hydra.*``) and then applies the other overrides (``seed=3``, ``+a.b=1``, ``~c``) to it
+    (``_load_configuration_impl``); jobs with the same group choices share the first part here. A job whose overrides
+    fail here, or that names ``hydra.searchpath``, is composed by Hydra itself, so an error is always Hydra's own."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    parser = OverridesParser.create()
+    bases: dict[tuple[str, ...], DictConfig] = {}
+    repositories: dict[tuple[str, ...], object] = {}  # per hydra.* overrides: the search path they make
+
+    def full(overrides: list[str]) -> DictConfig:
+        cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.RUN, with_log_configuration=False)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    def compose(overrides: list[str]) -> DictConfig:
+        try:
+            parsed = parser.parse_overrides(overrides)
+            own = tuple(o.input_line for o in parsed if o.is_hydra_override())
+            if any(o.get_key_element() == "hydra.searchpath" for o in parsed):
+                return full(overrides)
+            if own not in repositories:  # the repository Hydra decides group or value with (config loader's own)
+                repositories[own] = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, own)[1]
+            plain = [not o.is_hydra_override() and not repositories[own].group_exists(o.key_or_group) for o in parsed]
+            groups = tuple(o.input_line for o, value in zip(parsed, plain) if not value)
+            if groups not in bases:
+                bases[groups] = full(list(groups))
+            cfg = copy.deepcopy(bases[groups])
+            ConfigLoaderImpl._apply_overrides_to_config([o for o, value in zip(parsed, plain) if value], cfg)
+            return cfg
+        except Exception:
+            return full(overrides)  # Hydra's own composition: its error message (or its config)
+
+    return compose
 
 
 def _config_sentence(err: BaseException, hydra) -> str:
@@ -120,11 +162,21 @@ def _group_options(loader, group: str, prefix: str = "") -> list[str]:
 def main(cfg: DictConfig) -> None:
     """One job: skip it when it finished before, else run it; a user's mistake ends with one sentence and exit 2."""
     from experiments.errors import USER_ERRORS
-    from experiments.run.pipeline import failed_record, finished_record, legacy_record, plan_run, run_experiment
+    from experiments.records.write import check_run_name
+    from experiments.run.pipeline import (
+        failed_record,
+        finished_record,
+        legacy_record,
+        note_resume,
+        plan_run,
+        run_experiment,
+    )
     from experiments.run.summary import summarise
 
     try:
+        check_run_name(cfg.run_name, cfg.output_dir)  # before anything loads: the record could not be written
         plan = plan_run(cfg)
+        note_resume(plan.checkpoint)  # the record says when its train time includes an earlier process's
         if cfg.skip_complete and finished_record(plan) is not None:
             print(
                 f"skip {cfg.run_name}: {plan.record_path} is complete with these settings and data "

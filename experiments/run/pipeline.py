@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from baselines import apply_method, check_targets
-from experiments.errors import RunFailed
+from experiments.errors import ConfigError, RunFailed
 from experiments.families import Family, family_for
 from experiments.models.loading import model_fingerprint
 from experiments.records import identity
@@ -113,27 +113,45 @@ def finish_run(
     device: torch.device,
     tracker: Tracker,
 ) -> tuple[dict[str, Any], Path]:
-    """Add the loss and cost fields, write the record (atomically, last), drop the checkpoint, log the tables."""
+    """Add the loss and cost fields, write the record (atomically, last), drop the checkpoint, log the tables. A
+    record that cannot be written to its folder is written to a rescue folder, and the run ends with a sentence
+    that says where (exit status 3); the checkpoint is then kept."""
+    from experiments.records.write import RecordNotWritten, rescue_record, rescued_sentence
+
     losses = result.losses if result else []
     record |= {
         "loss_first": losses[0] if losses else None,
         "loss_last_20": statistics.fmean(losses[-20:]) if losses else None,
-        "train_seconds": result.train_seconds if result else 0.0,
+        "train_seconds": result.train_seconds if result else 0.0,  # of every process the run took, resumes included
         "eval_seconds": eval_seconds,
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": time.perf_counter() - started,  # of this process only
         "peak_memory_gib": peak_memory_gib(device),
         "status": "complete",
         "complete": True,
     }
-    path = write_json_atomic(plan.record_path, record)
-    plan.checkpoint.remove()
+    if hasattr(plan.checkpoint, "resumed"):  # known where note_resume watched the checkpoint (run.py always does)
+        resumed = plan.checkpoint.resumed or {}
+        record["resumed_from_step"] = resumed.get("step")  # None: this process trained from step 1
+        record["train_seconds_before_resume"] = resumed.get("train_seconds", 0.0)  # in train_seconds, not wall
+    try:
+        path, why = write_json_atomic(plan.record_path, record), None
+    except OSError as err:  # the folder made read-only during the run, a disk error: the results are not lost
+        why = err.strerror or type(err).__name__
+        path = rescue_record(plan.record_path, record, why)
+    if why is None:
+        plan.checkpoint.remove()
     tracker.log_record(record)
     tracker.finish()
+    if why is not None:
+        raise RecordNotWritten(rescued_sentence(plan.record_path, path, why))
     return record, path
 
 
-def record_failure(plan: RunPlan, cfg: DictConfig, err: RunFailed) -> Path:
-    """A failed run leaves a record that says so (status failed, the reason, the step) and never counts as done."""
+def record_failure(plan: RunPlan, cfg: DictConfig, err: RunFailed) -> Path | None:
+    """A failed run leaves a record that says so (status failed, the reason, the step) and never counts as done; where
+    its folder takes no record, a rescue folder does (a warning says where), and the run's own error still ends it."""
+    from experiments.records.write import RecordNotWritten, rescue_record
+
     failed = {
         "run_name": cfg.run_name,
         "run_id": plan.run_id,
@@ -147,7 +165,34 @@ def record_failure(plan: RunPlan, cfg: DictConfig, err: RunFailed) -> Path:
         "model_fingerprint": plan.model,
         "environment": environment(),
     }
-    return write_json_atomic(plan.record_path, failed)
+    try:
+        return write_json_atomic(plan.record_path, failed)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+    try:
+        path = rescue_record(plan.record_path, failed, why)
+    except RecordNotWritten as unwritten:  # the run's own error (exit 3) still ends it
+        print(f"warning: {unwritten}", flush=True)
+        return None
+    print(f"warning: the failed run's record could not be written to {plan.record_path} ({why}); it is at {path}")
+    return path
+
+
+def note_resume(checkpoint: Checkpointer) -> Checkpointer:
+    """Have ``checkpoint`` remember, as ``resumed``, the step and train time of a checkpoint the run continues from
+    (None when it starts afresh), so that :func:`finish_run` records that ``train_seconds`` includes the time of an
+    earlier, interrupted process while ``wall_seconds`` counts this one only."""
+    load = checkpoint.load
+
+    def load_and_note(*args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        payload = load(*args, **kwargs)
+        if payload is not None:
+            checkpoint.resumed = {"step": payload["step"], "train_seconds": float(payload.get("train_seconds", 0.0))}
+        return payload
+
+    checkpoint.resumed = None
+    checkpoint.load = load_and_note
+    return checkpoint
 
 
 def run_experiment(cfg: DictConfig, plan: RunPlan | None = None) -> tuple[dict[str, Any] | None, Path | None]:
@@ -173,6 +218,26 @@ class _Loaded:
     tokenizer: Any
     total_params: int
     trainable: int
+
+
+def check_shape_keys(model: torch.nn.Module, tensor_shape: dict[str, Any] | None) -> None:
+    """Every explicit tensorisation must name the shape of an adapted weight: a key that matches none would be
+    ignored without a word (a typo, or a layout meant for another model)."""
+    if not tensor_shape:
+        return
+    adapted = sorted(
+        {
+            f"{m.base_layer.weight.shape[0]}x{m.base_layer.weight.shape[1]}"
+            for m in model.modules()
+            if isinstance(getattr(m, "base_layer", None), torch.nn.Linear)
+        }
+    )
+    unmatched = [key for key in tensor_shape if key not in adapted]
+    if unmatched:
+        raise ConfigError(
+            f"method.peft.tensor_shape key {unmatched[0]!r} matches no adapted weight; the adapted weights' shapes "
+            f"(OUTxIN) are {', '.join(adapted)}."
+        )
 
 
 def _load(cfg: DictConfig, plan: RunPlan, device: torch.device) -> _Loaded:
@@ -201,6 +266,7 @@ def _load(cfg: DictConfig, plan: RunPlan, device: torch.device) -> _Loaded:
         **peft_kwargs,
     ).to(device)
     distributed.check_same_buffers(model)
+    check_shape_keys(model, peft_kwargs.get("tensor_shape"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return _Loaded(data, budget, warnings, model, tokenizer, total_params, trainable)
 

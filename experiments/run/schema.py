@@ -9,17 +9,23 @@ task YAML of one's own gets the same one-sentence errors as the built-in ones.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from experiments.errors import ConfigError, IncompatibleChoice
 from experiments.records.naming import NAME_PIECE
 from experiments.tasks.files import SUFFIXES
+
+# Whole numbers are written as whole numbers: seed=1.0 or train.batch_size=16.0 is refused with a sentence (it would
+# otherwise be another run id, or fail after the model loads). Real numbers must be finite: lr=inf is refused too.
+Whole = Annotated[int, Strict()]
+Real = Annotated[float, Field(allow_inf_nan=False)]
 
 Metric = Literal["accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman"]
 
@@ -29,30 +35,30 @@ class _Section(BaseModel):
 
 
 class TrainSettings(_Section):
-    max_steps: int | None = Field(None, ge=0)
-    epochs: float | None = Field(None, gt=0)
-    default_steps: int = Field(200, ge=0)
-    batch_size: int = Field(ge=1)
-    grad_accum: int = Field(1, ge=1)
-    eval_batch_size: int = Field(ge=1)
-    max_length: int = Field(ge=8)
-    warmup_ratio: float = Field(ge=0, le=1)
-    weight_decay: float = Field(ge=0)
-    head_lr: float = Field(gt=0)
-    eval_every: int | None = Field(None, ge=1)
-    max_eval_examples: int | None = Field(None, ge=1)
+    max_steps: Whole | None = Field(None, ge=0)
+    epochs: Real | None = Field(None, gt=0)
+    default_steps: Whole = Field(200, ge=0)
+    batch_size: Whole = Field(ge=1)
+    grad_accum: Whole = Field(1, ge=1)
+    eval_batch_size: Whole = Field(ge=1)
+    max_length: Whole = Field(ge=8)
+    warmup_ratio: Real = Field(ge=0, le=1)
+    weight_decay: Real = Field(ge=0)
+    head_lr: Real = Field(gt=0)
+    eval_every: Whole | None = Field(None, ge=1)
+    max_eval_examples: Whole | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    max_grad_norm: float | None = Field(None, gt=0)
+    max_grad_norm: Real | None = Field(None, gt=0)
     gradient_checkpointing: bool = False
-    checkpoint_every: int = Field(200, ge=0)
-    checkpoint_minutes: float = Field(5.0, ge=0)
+    checkpoint_every: Whole = Field(200, ge=0)
+    checkpoint_minutes: Real = Field(5.0, ge=0)
 
 
 class EvalSettings(_Section):
     protocol: Literal["lm-eval", "llm-adapters", "both"] = "lm-eval"
-    limit: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
+    limit: Whole | None = Field(None, ge=1)
+    batch_size: Whole = Field(8, ge=1)
+    max_new_tokens: Whole = Field(256, ge=1)
 
 
 class LoggerSettings(_Section):
@@ -71,7 +77,7 @@ class ModelSettings(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     target_modules: list[str] = Field(min_length=1)
     head_modules: list[str] = []
-    max_length: int = Field(ge=8)
+    max_length: Whole = Field(ge=8)
     gradient_checkpointing: bool = False
 
     @field_validator("loader")
@@ -91,20 +97,20 @@ class ClassificationTaskSettings(_Section):
     # None: ``text``, else ``sentence1`` and ``sentence2``, whichever the data has (custom/classification)
     text_fields: list[str] | None = Field(None, min_length=1, max_length=2)
     label_field: str = "label"
-    num_labels: int | None = Field(None, ge=1)  # None: from the data; 1: regression
+    num_labels: Whole | None = Field(None, ge=1)  # None: from the data; 1: regression
     string_labels: bool = False  # string labels map to class indices in sorted order (else they are refused)
     metrics: list[Metric] | None = Field(None, min_length=1)  # None: chosen by the data (experiments/tasks)
     main_metric: Metric | None = None  # None: the first metric
-    epochs: float | None = Field(None, gt=0)
-    max_length: int | None = Field(None, ge=8)
+    epochs: Real | None = Field(None, gt=0)
+    max_length: Whole | None = Field(None, ge=8)
     validation_split: str = "validation"
-    validation_share: float | None = Field(None, gt=0, lt=1)  # carve this share of train when there is no validation
+    validation_share: Real | None = Field(None, gt=0, lt=1)  # carve this share of train when there is no validation
     test_split: str | None = None
     data_files: dict[str, str] | None = None
-    split_seed: int = 0
+    split_seed: Whole = 0
     # Tuning trials on a task whose test figure is its validation split (GLUE): hold out this share of train as the
     # validation split that chooses, so the split reported as test never steers the choice (README "Fair comparisons")
-    tune_holdout: float | None = Field(None, gt=0, lt=1)
+    tune_holdout: Real | None = Field(None, gt=0, lt=1)
 
     @field_validator("loader")
     @classmethod
@@ -143,12 +149,12 @@ class CausalTaskSettings(_Section):
     kind: Literal["causal"]
     train_on: list[str] = Field(min_length=1)
     evaluate_on: list[str] = Field(min_length=1)
-    epochs: float | None = Field(None, gt=0)
+    epochs: Real | None = Field(None, gt=0)
     data_files: dict[str, str] | None = None
-    split_seed: int = 0
+    split_seed: Whole = 0
     offline_fallback: bool = True
     prefer_offline_gsm8k: bool = True
-    bigbench_eval_fraction: float = Field(0.2, gt=0, lt=1)
+    bigbench_eval_fraction: Real = Field(0.2, gt=0, lt=1)
     # custom/choice and custom/math: the field names of one's own rows, and the share of train carved off for
     # evaluation when neither a validation nor a test file is given
     question_field: str = "question"
@@ -158,11 +164,11 @@ class CausalTaskSettings(_Section):
     solution_field: str = "solution"
     # custom/choice: how an answer is read; auto takes an index, a choice's text or a letter and refuses an answer
     # that two of these readings point to different choices ("1" among choices ["2", "4", "1", "3"])
-    answer_format: Literal["auto", "index", "text", "letter"] = "auto"
-    validation_share: float = Field(0.1, gt=0, lt=1)
+    answer_format: Literal["auto", "index", "text", "letter"] = "auto"  # not in the YAML: +task.answer_format=...
+    validation_share: Real = Field(0.1, gt=0, lt=1)
     # Tuning trials: hold out this share of each evaluated task's training items as its validation split (decoder
     # tasks have none of their own), so the split reported as test never steers the choice
-    tune_holdout: float | None = Field(None, gt=0, lt=1)
+    tune_holdout: Real | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _known_sources(self) -> CausalTaskSettings:
@@ -241,15 +247,47 @@ class MethodSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    lr: float = Field(gt=0)
-    decoder_lr: float | None = Field(None, gt=0)
+    lr: Real = Field(gt=0)
+    decoder_lr: Real | None = Field(None, gt=0)
     target_modules: list[str] | None = None
     peft: dict[str, Any] | None = None
     tune: TuneSpace | None = None  # the search space of the tuning protocol (README "Fair comparisons")
 
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError(
+                "method.target_modules=[] adapts nothing; name the modules to adapt, or use null for the model's "
+                "default (model.target_modules)"
+            )
+        return value
+
+    @field_validator("peft")
+    @classmethod
+    def _tensor_shapes(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """TeRA's explicit tensorisations, checked before anything loads: each key names a weight shape ``OUTxIN``
+        and its factors multiply out to it (whether a weight of that shape is adapted is checked once the model is
+        loaded, before training)."""
+        for key, factors in ((value or {}).get("tensor_shape") or {}).items():
+            match = re.fullmatch(r"(\d+)x(\d+)", str(key))
+            if match is None:
+                raise ValueError(
+                    f"method.peft.tensor_shape key {key!r} must name a weight shape as OUTxIN, e.g. '4096x4096'"
+                )
+            sides = (int(match.group(1)), int(match.group(2)))
+            ok = isinstance(factors, (list, tuple)) and len(factors) == 2
+            ok = ok and all(isinstance(side, (list, tuple)) and side for side in factors)
+            if not ok or any(math.prod(int(v) for v in side) != size for side, size in zip(factors, sides)):
+                raise ValueError(
+                    f"method.peft.tensor_shape[{key!r}] = {factors!r} must be [[output factors], [input factors]] "
+                    f"whose products are {sides[0]} and {sides[1]}"
+                )
+        return value
+
 
 class RunSettings(_Section):
-    seed: int = Field(ge=0)
+    seed: Whole = Field(ge=0)
     device: str
     output_dir: str = Field(min_length=1)
     skip_complete: bool
@@ -327,6 +365,10 @@ def _describe(error: dict[str, Any], section: str) -> str:
     if kind == "value_error":
         return message.removeprefix("Value error, ").rstrip(".") + "."
     value = error.get("input")
+    if kind == "int_type" and isinstance(value, float):
+        return f"{where} takes a whole number, written without a decimal point, got {value!r}."
+    if kind == "finite_number":
+        return f"{where} must be a finite number, got {value!r}."
     message = message.replace("Input should be", "should be")
     return f"{where} {message[0].lower()}{message[1:]}, got {value!r}."
 

@@ -41,8 +41,9 @@ class Column:
     average: bool = False
 
 
-REQUIRED = ("method", "model", "task", "seed", "final_metrics")
-PROPERTIES_REQUIRED = ("method", "model", "layers")  # Table 1's measurements: no task, seed or training
+REQUIRED = ("method", "model", "task", "seed", "final_metrics", "environment")
+PROPERTIES_REQUIRED = ("method", "model", "layers", "environment")  # Table 1's measurements: no task, seed or training
+NUMBERS = ("steps", "trainable_params", "median_rank", "train_seconds")  # the fields a table computes with
 
 
 @dataclass
@@ -51,7 +52,8 @@ class RecordSet:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "<file> (why)": files that are not usable records
-    copies: int = 0  # records of a (settings, seed) already counted (a copied file, a rerun)
+    copies: int = 0  # records of a (settings, seed) already counted with the same metrics (a copied file, a rerun)
+    conflicts: list[str] = field(default_factory=list)  # sentences: records of one (settings, seed) that disagree
     unfinished: int = 0  # failed or incomplete runs: never in a table
 
     def named(self, name: str) -> list[dict[str, Any]]:
@@ -64,6 +66,7 @@ class RecordSet:
             notes.append(f"Skipped {len(self.skipped)} unreadable file(s): {', '.join(self.skipped)}.")
         if self.copies:
             notes.append(f"{self.copies} record(s) repeat a (settings, seed) already counted; counted once.")
+        notes += self.conflicts
         if self.unfinished:
             notes.append(f"{self.unfinished} failed or unfinished run(s) are not counted.")
         legacy = [r for r in self.records if is_legacy(r)]
@@ -85,30 +88,79 @@ def settings_of(record: dict[str, Any]) -> str:
 
 
 def read_records(folder: Path, warn: bool = True) -> RecordSet:
-    """Every usable record in ``folder``: complete, readable, one per (settings, seed) (the newest where a record was
-    copied or rerun). Unreadable files are named in a warning and in :meth:`RecordSet.notes`."""
+    """Every usable record in ``folder``: complete, readable, one per (settings, seed), the newest (a note names records
+    of one run whose metrics differ). Unreadable or damaged files are named, with why, in a warning and the notes."""
     found = RecordSet()
-    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    measurements: dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]] = {}
     for path in sorted(Path(folder).glob("*.json")):
         record = read_record(path)
         if record is None:
             found.skipped.append(f"{path.name} (not a JSON object)")
         elif not is_complete(record):
             found.unfinished += 1
-        elif missing := [key for key in _required(record) if key not in record]:
-            found.skipped.append(f"{path.name} (no {', '.join(missing)})")
+        elif why := damage(record):
+            found.skipped.append(f"{path.name} ({why})")
         else:
-            key = _identity(record)
-            if key in newest:
-                found.copies += 1
-                if _date(record) <= _date(newest[key]):
-                    continue
-            newest[key] = record
-    found.records = sorted(newest.values(), key=lambda r: (r.get("run_name") or "", r.get("seed") or 0))
-    if warn:
-        for line in found.skipped:
-            print(f"warning: skipping {Path(folder) / line}", file=sys.stderr)
+            measurements.setdefault(_identity(record), []).append((path.name, record))
+    for key, members in measurements.items():
+        name, kept = members[0]
+        for other_name, other in members[1:]:  # the newest; of equally new ones the first by file name
+            name, kept = (other_name, other) if _date(other) > _date(kept) else (name, kept)
+        found.records.append(kept)
+        disagreeing = sum(_result(r) != _result(kept) for _, r in members)
+        found.copies += len(members) - 1 - disagreeing
+        found.conflicts += [_conflict(key, members, name, kept)] if disagreeing else []
+    found.records.sort(key=lambda r: (r.get("run_name") or "", r.get("seed") or 0))
+    for line in [f"skipping {Path(folder) / skipped}" for skipped in found.skipped] + found.conflicts if warn else []:
+        print(f"warning: {line}", file=sys.stderr)
     return found
+
+
+# The fields a table reads and the type each must have; a record with another type there is damaged (edited by hand,
+# or made by other code) and skipped with the reason, never a traceback.
+FIELD_TYPES = {"environment": dict, "method": str, "model": str, "task": str, "settings_id": str, "config": dict}
+FIELD_TYPES |= {"seed": int, "final_metrics": dict, "environment.date": str} | dict.fromkeys(NUMBERS, float)
+TYPE_NAMES = {dict: "an object", str: "a string", int: "an integer", float: "a number"}
+
+
+def damage(record: dict[str, Any]) -> str | None:
+    """Why a complete record cannot be counted (a field missing or of the wrong type), or None."""
+    required = _required(record)
+    if missing := [key for key in required if key not in record]:
+        return f"no {', '.join(missing)}"
+    fields = {k: record.get(k) for k in FIELD_TYPES if k in required or record.get(k) is not None}
+    if isinstance(record["environment"], dict):
+        fields["environment.date"] = record["environment"].get("date")
+    if isinstance(record.get("final_metrics"), dict) and "final_metrics" in required:
+        fields |= {f"final_metrics.{k}": v for k, v in record["final_metrics"].items() if v is not None}
+    for key, value in fields.items():
+        kind = FIELD_TYPES.get(key, float)
+        numeric = (int, float) if kind is float else kind
+        if not isinstance(value, numeric) or (kind is not dict and isinstance(value, bool)):
+            text = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+            return f"{key} is not {TYPE_NAMES[kind]}" + ("" if kind is dict or value is None else f": {text}")
+    return None
+
+
+def _result(record: dict[str, Any]) -> Any:
+    """What two records of one measurement must agree on: the metrics (Table 1: the measured figures)."""
+    if record.get("table") == "properties":
+        return {k: record.get(k) for k in ("trainable_params", "median_rank", "median_rank_bound", "min_rank")}
+    return record.get("final_metrics")
+
+
+def _conflict(key: tuple[Any, ...], members: list[tuple[str, dict[str, Any]]], name: str, kept: dict) -> str:
+    """One sentence: the records of one measurement whose results differ (each with its date and up to three of the
+    figures that differ), and which one the table uses and why."""
+    results = [_result(r) for _, r in members]
+    differing = sorted({k for result in results for k in result if len({repr(r.get(k)) for r in results}) > 1})[:3]
+    figures = [", ".join(f"{k} {'n/a' if res.get(k) is None else res[k]}" for k in differing) for res in results]
+    files = ", ".join(f"{n} ({_date(r) or 'undated'}: {f})" for (n, r), f in zip(members, figures))
+    what = f"properties of {key[1]} on {key[2]}" if key[0] == "properties" else f"settings {key[0]}, seed {key[1]}"
+    tie = sum(_date(r) == _date(kept) for _, r in members) > 1
+    why = "the first by file name of the equally new ones" if tie else "the newest"
+    head = f"{len(members)} complete records of one run ({what}) have different metrics"
+    return f"{head}: {files}; the table uses {name}, {why}."
 
 
 def _required(record: dict[str, Any]) -> tuple[str, ...]:
@@ -208,7 +260,9 @@ def summarise(frame: pd.DataFrame, keys: list[str], columns: list[Column]) -> li
         row |= {
             "seeds": sorted({r["seed"] for r in found if "seed" in r}),
             # A zero-step run trained nothing, whatever its adapter would have trained.
-            "trainable_params": (0 if found[0].get("steps") == 0 else found[0]["trainable_params"]) if found else None,
+            "trainable_params": (0 if found[0].get("steps") == 0 else found[0].get("trainable_params"))
+            if found
+            else None,
             "frozen_factor_values": found[0].get("frozen_factor_values") if found else None,
             "median_rank": statistics.median(ranks) if ranks else None,
             "train_seconds": statistics.fmean(seconds) if seconds else None,
@@ -293,15 +347,17 @@ def provenance(records: list[dict[str, Any]]) -> str:
     """Which records a table comes from: how many, their dates, devices and versions (DESIGN: numbers name them)."""
     if not records:
         return "No run records yet."
-    envs = sorted(
-        {
-            f"{r['environment']['device']}, torch {r['environment']['versions']['torch']}, "
-            f"peft {r['environment']['versions']['peft']}"
-            for r in records
-        }
-    )
-    dates = sorted(r["environment"]["date"][:10] for r in records)
+    envs = sorted({_environment_text(r.get("environment") or {}) for r in records})
+    dates = sorted(_date(r)[:10] or "undated" for r in records)
     return f"Rendered from {len(records)} run records ({dates[0]} to {dates[-1]}): {'; '.join(envs)}."
+
+
+def _environment_text(environment: dict[str, Any]) -> str:
+    versions = environment.get("versions") if isinstance(environment.get("versions"), dict) else {}
+    return (
+        f"{environment.get('device') or 'unknown device'}, torch {versions.get('torch') or 'unknown'}, "
+        f"peft {versions.get('peft') or 'unknown'}"
+    )
 
 
 def missing_note(rows: list[dict[str, Any]]) -> list[str]:

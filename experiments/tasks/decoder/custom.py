@@ -75,7 +75,7 @@ def _answer_index(value: Any, choices: list[str], name: str, answer_format: str 
     if len(named) > 1:
         how = "; ".join(f"as {k} it is choice {i + 1} ({choices[i]!r})" for k, i in readings.items())
         raise RowProblem(
-            f"its {name!r} {value!r} is ambiguous: {how}; set task.answer_format=index, text or letter to say how "
+            f"its {name!r} {value!r} is ambiguous: {how}; add +task.answer_format=index, text or letter to say how "
             f"answers are written"
         )
     whole = value if isinstance(value, int) and not isinstance(value, bool) else None
