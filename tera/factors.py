@@ -45,7 +45,12 @@ def _orthonormal_columns(gaussian: torch.Tensor) -> torch.Tensor:
     return (q * signs).to(torch.float32).contiguous()
 
 
-def generate_factors(plan: TensorPlan, prng_key: int, stream: str | None = None) -> SharedFactors:
+FACTOR_INITS = ("orthonormal", "identity")
+
+
+def generate_factors(
+    plan: TensorPlan, prng_key: int, stream: str | None = None, factor_init: str = "orthonormal"
+) -> SharedFactors:
     """Draw the core and factor matrices of ``plan`` in float32 on the CPU.
 
     ``stream`` names the random stream (default ``plan.key``: every layer with this plan gets the same factors);
@@ -57,14 +62,26 @@ def generate_factors(plan: TensorPlan, prng_key: int, stream: str | None = None)
     core and the trained diagonals, not shrunk by ill-conditioned random factors (products of Gaussian square
     matrices have tiny singular values and would lower the numerical rank).  Every entry of ``dW`` then has variance
     ``1/d_in`` when all diagonals are one (Kaiming-like with gain 1), whatever the shape, ranks or order, so a
-    learning rate found on one shape carries over to another.
+    learning rate found on one shape carries over to another. The paper does not say how it draws ``G`` and the
+    ``A_n``: this draw is the suite's choice.
+
+    ``factor_init="identity"`` (the paper's Figure 6 ablation) makes every ``A_n`` the first ``R_n`` columns of the
+    identity, scaled by ``sqrt(I_n / R_n)`` like the orthonormal ones; the core stays random.
     """
+    if factor_init not in FACTOR_INITS:
+        raise ValueError(f"factor_init must be one of {FACTOR_INITS}, got {factor_init!r}.")
     generator = torch.Generator(device="cpu").manual_seed(_seed(prng_key, plan.key if stream is None else stream))
     core = torch.randn(plan.ranks, generator=generator) / math.sqrt(plan.d_in)
-    factors = [
-        _orthonormal_columns(torch.randn((size, rank), generator=generator)) * math.sqrt(size / rank)
-        for size, rank in zip(plan.modes, plan.ranks)
-    ]
+    if factor_init == "identity":
+        factors = [
+            torch.eye(size)[:, :rank].contiguous() * math.sqrt(size / rank)
+            for size, rank in zip(plan.modes, plan.ranks)
+        ]
+    else:
+        factors = [
+            _orthonormal_columns(torch.randn((size, rank), generator=generator)) * math.sqrt(size / rank)
+            for size, rank in zip(plan.modes, plan.ranks)
+        ]
     return SharedFactors(core=core, factors=factors)
 
 

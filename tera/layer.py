@@ -13,20 +13,36 @@ from .autotune import pick_path
 from .config import TeraConfig
 from .contraction import cast, delta_weight, factorised_delta, merged_linear, merged_weight
 from .cost import FACTORISED, MERGED
-from .tensorize import TensorPlan
+from .tensorize import TensorPlan, shape_key, whole_output_side
 from .tuners_utils import MergeByDeltaWeight
 
+IDENTITY_SUFFIX = "__identity"
 
-def factor_group(plan: TensorPlan, module_name: str | None, share_factors: bool) -> str:
-    """Name of the set of frozen factors a layer uses: its tensor plan when shared, the plan and layer otherwise.
+
+def factor_group(
+    plan: TensorPlan, module_name: str | None, share_factors: bool, factor_init: str = "orthonormal"
+) -> str:
+    """Name of the set of frozen factors a layer uses: its tensor plan when shared, the plan and layer otherwise, and
+    a suffix for identity factors (they are another set than the random ones of the same plan).
 
     It keys the model's buffer dict, the checksums and the random stream; buffer names cannot hold dots.
     """
+    suffix = IDENTITY_SUFFIX if factor_init == "identity" else ""
     if share_factors:
-        return plan.key
+        return plan.key + suffix
     if not module_name:
         raise ValueError("TeRA with share_factors=False needs the name of every adapted module to seed its factors.")
-    return f"{plan.key}__{module_name.replace('.', '_')}"
+    return f"{plan.key}__{module_name.replace('.', '_')}{suffix}"
+
+
+def zero_mode(plan: TensorPlan, config: Any) -> int:
+    """The mode whose diagonal starts at zero: ``zero_init_mode`` when given, else the whole side's mode in the
+    paper's layout (its mode 1: the output side when it is whole) and mode 0 in the balanced one."""
+    if config.zero_init_mode is not None:
+        return config.zero_init_mode
+    if config.layout == "balanced" or config.tensor_shape and shape_key(plan.d_out, plan.d_in) in config.tensor_shape:
+        return 0
+    return 0 if whole_output_side(plan.d_out, plan.d_in, config.whole_side) else plan.num_out_modes
 
 
 def core_key(group: str) -> str:
@@ -80,7 +96,7 @@ class TeraLayer(BaseTunerLayer):
         inference_mode: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not 0 <= config.zero_init_mode < len(plan.modes):
+        if not 0 <= zero_mode(plan, config) < len(plan.modes):
             raise ValueError(
                 f"zero_init_mode={config.zero_init_mode} does not index one of the {len(plan.modes)} modes of "
                 f"tensor plan {plan.key}; choose a value below {len(plan.modes)}."
@@ -108,8 +124,9 @@ class TeraLayer(BaseTunerLayer):
             lam = self.tera_lambda[adapter_name]
             if config.init_weights:
                 lam.fill_(config.init_lambda)
-                start = sum(sizes[: config.zero_init_mode])
-                lam[start : start + sizes[config.zero_init_mode]] = 0.0  # dW = 0: start from the pretrained model
+                mode = zero_mode(self.tera_plan[adapter_name], config)
+                start = sum(sizes[:mode])
+                lam[start : start + sizes[mode]] = 0.0  # dW = 0: start from the pretrained model
             else:
                 # Random diagonals bounded away from zero, so dW reaches its rank bound.
                 lam.copy_(config.init_lambda * torch.empty_like(lam).uniform_(0.5, 1.5))

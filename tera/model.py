@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import TeraConfig
 from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
-from .layer import Linear, TeraLayer, core_key, factor_group, factor_key
+from .layer import IDENTITY_SUFFIX, Linear, TeraLayer, core_key, factor_group, factor_key
 from .tensorize import TensorPlan, plan_for_weight
 from .tuners_utils import linear_base
 
@@ -99,7 +99,10 @@ class TeraModel(BaseTuner):
                     f"{group}: it was trained on a model whose modules are named differently; load it onto the same "
                     f"model class it was trained with."
                 )
-            generated = generate_factors(plan, config.projection_prng_key, stream=group)
+            stream = group.removesuffix(IDENTITY_SUFFIX)  # identity factors keep the random core of their plan
+            generated = generate_factors(
+                plan, config.projection_prng_key, stream=stream, factor_init=config.factor_init
+            )
             # Factors take the weight's floating dtype: a bf16 model gets bf16 factors (the digest is of float32).
             target_dtype = dtype if dtype.is_floating_point else torch.float32
             keys = (core_key(group), *(factor_key(group, n) for n in range(len(plan.modes))))
@@ -169,10 +172,13 @@ class TeraModel(BaseTuner):
             tensor_order=tera_config.tensor_order,
             tensor_shape=tera_config.tensor_shape,
             core_rank_ratio=tera_config.core_rank_ratio,
+            layout=tera_config.layout,
+            mode_size=tera_config.mode_size,
+            whole_side=tera_config.whole_side,
         )
         weight = base.weight
         device = weight.device if weight.device.type != "meta" else torch.device("cpu")
-        group = factor_group(plan, current_key, tera_config.share_factors)
+        group = factor_group(plan, current_key, tera_config.share_factors, tera_config.factor_init)
         self._ensure_shared_factors(plan, group, tera_config, adapter_name, device, weight.dtype)
         if isinstance(target, Linear):
             target.update_layer(adapter_name, self.tera_shared, plan, tera_config, group=group)
@@ -315,6 +321,7 @@ def _missing_checksum_message(group: str, config: TeraConfig, known: dict[str, s
         )
     return (
         f"The TeRA adapter being loaded records checksums for {sorted(known)} but this model needs factor group "
-        f"{group}: the config's tensor_order, tensor_shape or core_rank_ratio were edited, or the adapter was trained "
-        f"on a model with other weight shapes; load it with its saved config onto the model it was trained on."
+        f"{group}: the config's layout, mode_size, whole_side, tensor_order, tensor_shape or core_rank_ratio were "
+        f"edited, or the adapter was trained on a model with other weight shapes; load it with its saved config onto "
+        f"the model it was trained on."
     )

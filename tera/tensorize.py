@@ -57,6 +57,36 @@ def _split_above_one(dim: int, order: int) -> tuple[int, ...] | None:
     return best
 
 
+LAYOUTS = ("whole-side", "balanced")
+WHOLE_SIDES = ("larger", "output", "input")
+
+
+def equal_modes(dim: int, mode_size: int) -> tuple[int, ...]:
+    """Split ``dim`` into modes of ``mode_size`` (the paper's ``4096 -> 8, 8, 8, 8``).
+
+    The number of modes is the smallest ``k`` with ``mode_size ** k >= dim``; where ``dim`` is no power of
+    ``mode_size`` (1024 or 11008 in modes of 8, 576 or 384 in SmolLM2 and MiniLM), its ``k`` factors are as equal as
+    possible (:func:`balanced_split`): ``equal_modes(1024, 8) == (4, 4, 8, 8)``, ``equal_modes(576, 8) ==
+    (4, 4, 6, 6)``, ``equal_modes(11008, 8) == (4, 4, 4, 4, 43)``.
+    """
+    if mode_size < 2:
+        raise TensorisationError(f"mode_size must be at least 2, got {mode_size}.")
+    count = 1
+    while mode_size**count < dim:
+        count += 1
+    return balanced_split(dim, count)
+
+
+def whole_output_side(d_out: int, d_in: int, whole_side: str) -> bool:
+    """Whether the published layout keeps the output side whole: ``larger`` keeps the larger side whole, the output
+    side of a square matrix (the paper's first mode is the output side)."""
+    if whole_side not in WHOLE_SIDES:
+        raise TensorisationError(f"whole_side must be one of {WHOLE_SIDES}, got {whole_side!r}.")
+    if whole_side == "larger":
+        return d_out >= d_in
+    return whole_side == "output"
+
+
 def shape_key(d_out: int, d_in: int) -> str:
     """The key that ``TeraConfig.tensor_shape`` uses for a weight shape, e.g. ``"4096x11008"`` (d_out x d_in)."""
     return f"{d_out}x{d_in}"
@@ -125,12 +155,19 @@ def plan_for_weight(
     tensor_order: int = 2,
     tensor_shape: Mapping[str, Sequence[Sequence[int]]] | None = None,
     core_rank_ratio: float = 1.0,
+    layout: str = "whole-side",
+    mode_size: int = 8,
+    whole_side: str = "larger",
 ) -> TensorPlan:
     """Resolve the tensor plan of a ``d_out x d_in`` weight from the config fields.
 
-    ``tensor_shape`` maps :func:`shape_key` strings to ``[[o_1, ..], [i_1, ..]]``; shapes not listed are split
-    automatically into ``tensor_order`` balanced factors per side.
+    ``tensor_shape`` maps :func:`shape_key` strings to ``[[o_1, ..], [i_1, ..]]``. Shapes not listed follow
+    ``layout``: ``whole-side`` (the paper's) keeps one side whole as one mode and splits the other into modes of
+    ``mode_size`` (:func:`equal_modes`, :func:`whole_output_side`); ``balanced`` (the suite's earlier default) splits
+    each side into ``tensor_order`` balanced factors.
     """
+    if layout not in LAYOUTS:
+        raise TensorisationError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     key = shape_key(d_out, d_in)
     explicit = (tensor_shape or {}).get(key)
     if explicit is not None:
@@ -144,7 +181,11 @@ def plan_for_weight(
                 f"tensor_shape[{key!r}] = {explicit!r} does not multiply out to {d_out} x {d_in}; give factors whose "
                 f"products are {d_out} (outputs) and {d_in} (inputs)."
             )
-    else:
+    elif layout == "balanced":
         out_modes, in_modes = balanced_split(d_out, tensor_order), balanced_split(d_in, tensor_order)
+    elif whole_output_side(d_out, d_in, whole_side):
+        out_modes, in_modes = (d_out,), equal_modes(d_in, mode_size)
+    else:
+        out_modes, in_modes = equal_modes(d_out, mode_size), (d_in,)
     modes = out_modes + in_modes
     return TensorPlan(out_modes=out_modes, in_modes=in_modes, ranks=_core_ranks(modes, core_rank_ratio))

@@ -39,7 +39,9 @@ class Wide(nn.Module):
     ],
 )
 def test_measured_rank_equals_bound_with_random_nonzero_lambdas(kwargs, bounds):
-    model = get_peft_model(Wide(), TeraConfig(target_modules=["a", "b"], init_weights=False, **kwargs))
+    model = get_peft_model(
+        Wide(), TeraConfig(target_modules=["a", "b"], init_weights=False, **{"layout": "balanced", **kwargs})
+    )
     reports = {r.name: r for r in adapter_report(model)}
     assert {n: r.rank_bound for n, r in reports.items()} == bounds == _expected_bounds(model)
     assert {n: r.rank for n, r in reports.items()} == bounds
@@ -117,8 +119,10 @@ def test_frozen_factor_values_counts_each_shared_tensor_once():
             self.a, self.b = nn.Linear(48, 48), nn.Linear(48, 48)
 
     torch.manual_seed(0)
-    shared = get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"]))
-    per_layer = get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"], share_factors=False))
+    shared = get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"], layout="balanced"))
+    per_layer = get_peft_model(
+        TwoSquare(), TeraConfig(target_modules=["a", "b"], share_factors=False, layout="balanced")
+    )
     one_set = 48 * 48 + 2 * (6 * 6 + 8 * 8)  # 48 = 6 x 8 per side: a full 6x8x6x8 core and four square factors
     assert frozen_factor_values(shared) == one_set
     assert frozen_factor_values(per_layer) == 2 * one_set
@@ -168,7 +172,9 @@ def test_shared_buffers_are_every_buffer_dict_entry():
             self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
 
     torch.manual_seed(0)
-    tera_names = set(shared_buffers(get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"]))))
+    tera_names = set(
+        shared_buffers(get_peft_model(TwoSquare(), TeraConfig(target_modules=["a", "b"], layout="balanced")))
+    )
     assert tera_names == {f"base_model.tera_shared.o4x4_i4x4_r4x4x4x4_{k}" for k in ("core", "f0", "f1", "f2", "f3")}
     vera_names = set(shared_buffers(get_peft_model(TwoSquare(), VeraConfig(target_modules=["a", "b"], r=4))))
     # VeRA's and RandLoRA's layers register the model's buffer dicts as their own submodules: each tensor is listed

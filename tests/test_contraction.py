@@ -137,8 +137,8 @@ def test_float32_paths_agree_with_reference():
 
 
 def test_cost_model_prefers_merged_for_full_core_and_many_tokens():
-    full = plan_for_weight(4096, 4096)
-    shrunk = plan_for_weight(4096, 4096, core_rank_ratio=0.5)
+    full = plan_for_weight(4096, 4096, layout="balanced")  # the published layout's cost: tests/test_tera_layout.py
+    shrunk = plan_for_weight(4096, 4096, core_rank_ratio=0.5, layout="balanced")
     assert choose_path(full, tokens=4096, training=True, device_type="cuda", elem_bytes=2) == MERGED
     assert choose_path(full, tokens=1, training=False, device_type="cuda", elem_bytes=2) == FACTORISED
     assert choose_path(shrunk, tokens=4096, training=True, device_type="cuda", elem_bytes=2) == FACTORISED

@@ -30,6 +30,9 @@ X = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(1))
 def _peft(seed=0, **kwargs):
     torch.manual_seed(seed)
     kwargs.setdefault("target_modules", TOY_TARGETS)
+    kwargs.setdefault(
+        "layout", "balanced"
+    )  # this file counts the balanced layout's plans (tests/test_tera_layout.py: the paper's)
     return get_peft_model(ToyMLP(), TeraConfig(**kwargs))
 
 
@@ -51,6 +54,7 @@ def _out(model, x=X):
 def test_every_layer_matches_the_float64_reference(share_factors, placement):
     torch.manual_seed(0)
     config = TeraConfig(
+        layout="balanced",
         target_modules=LLAMA_TARGETS,
         share_factors=share_factors,
         diagonal_placement=placement,
@@ -94,7 +98,7 @@ def test_parameter_count_formula(capsys):
 
 def test_one_set_of_factors_per_plan():
     torch.manual_seed(0)
-    model = get_peft_model(tiny_llama(), TeraConfig(target_modules=LLAMA_TARGETS))
+    model = get_peft_model(tiny_llama(), TeraConfig(layout="balanced", target_modules=LLAMA_TARGETS))
     plans = {m.tera_plan["default"].key for m in model.modules() if isinstance(m, TeraLayer)}
     assert len(plans) == 3  # 32x32, 48x32, 32x48
     assert len(model.base_model.tera_shared) == 3 * 5  # one core and four factors per plan, not per layer
@@ -116,7 +120,9 @@ def test_any_linear_shape_works_with_the_defaults(d_out, d_in):
     """A 20 -> 2 head, primes and size 1: size-1 modes, no hand-written tensor_shape, and the update still reaches
     full rank."""
     torch.manual_seed(0)
-    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(d_in, d_out)), TeraConfig(target_modules=["0"]))
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(d_in, d_out)), TeraConfig(layout="balanced", target_modules=["0"])
+    )
     layer = model.base_model.model[0]
     plan = layer.tera_plan["default"]
     assert plan.d_out == d_out and plan.d_in == d_in and len(plan.modes) == 4
@@ -131,7 +137,9 @@ def test_any_linear_shape_works_with_the_defaults(d_out, d_in):
 
 def test_all_linear_on_a_small_classifier():
     torch.manual_seed(0)
-    model = get_peft_model(ToyClassifier(), TeraConfig(target_modules="all-linear", init_weights=False))
+    model = get_peft_model(
+        ToyClassifier(), TeraConfig(layout="balanced", target_modules="all-linear", init_weights=False)
+    )
     plans = {n.split(".")[-1]: m.tera_plan["default"] for n, m in _tera_layers(model).items()}
     assert plans["head"].out_modes == (1, 2) and plans["head"].in_modes == (4, 5)
     assert {r.name: (r.rank, r.rank_bound) for r in adapter_report(model)} == {"hidden": (20, 20), "head": (2, 2)}
@@ -140,7 +148,8 @@ def test_all_linear_on_a_small_classifier():
 def test_tiny_roberta_query_beside_intermediate_with_a_trained_head(tmp_path):
     torch.manual_seed(0)
     model = get_peft_model(
-        tiny_roberta(), TeraConfig(target_modules=["query", "intermediate.dense"], modules_to_save=["classifier"])
+        tiny_roberta(),
+        TeraConfig(layout="balanced", target_modules=["query", "intermediate.dense"], modules_to_save=["classifier"]),
     )
     shapes = {m.get_base_layer().weight.shape for m in model.modules() if isinstance(m, TeraLayer)}
     assert shapes == {torch.Size([24, 24]), torch.Size([36, 24])}
@@ -175,7 +184,9 @@ def test_real_llama_7b_layer_shapes():
     model = shell.to_empty(device="cpu")
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.01)
-    model = get_peft_model(model, TeraConfig(target_modules=["q_proj", "up_proj", "down_proj"], init_weights=False))
+    model = get_peft_model(
+        model, TeraConfig(layout="balanced", target_modules=["q_proj", "up_proj", "down_proj"], init_weights=False)
+    )
     plans = {n.split(".")[-1]: m.tera_plan["default"] for n, m in model.named_modules() if isinstance(m, TeraLayer)}
     assert plans["q_proj"].modes == (64, 64, 64, 64)
     assert plans["up_proj"].modes == (86, 128, 64, 64) and plans["down_proj"].modes == (64, 64, 86, 128)
@@ -196,7 +207,7 @@ def test_real_llama_7b_layer_shapes():
 
 def test_per_layer_factors_are_drawn_per_layer():
     torch.manual_seed(0)
-    config = TeraConfig(target_modules=LLAMA_TARGETS, share_factors=False, init_weights=False)
+    config = TeraConfig(layout="balanced", target_modules=LLAMA_TARGETS, share_factors=False, init_weights=False)
     model = get_peft_model(tiny_llama(), config)
     layers = _tera_layers(model)
     assert len(model.base_model.tera_shared) == len(layers) * 5  # one core and four factors per layer
@@ -208,7 +219,9 @@ def test_per_layer_factors_are_drawn_per_layer():
     assert not torch.allclose(core0, core1)  # ... but each layer has its own frozen factors
     # Same trained values and rank bound as with shared factors, and the bound is reached.
     torch.manual_seed(0)
-    shared = get_peft_model(tiny_llama(), TeraConfig(target_modules=LLAMA_TARGETS, init_weights=False))
+    shared = get_peft_model(
+        tiny_llama(), TeraConfig(layout="balanced", target_modules=LLAMA_TARGETS, init_weights=False)
+    )
     assert model.get_nb_trainable_parameters() == shared.get_nb_trainable_parameters()
     reports = adapter_report(model)
     assert [r.rank for r in reports] == [r.rank_bound for r in reports]
@@ -218,7 +231,9 @@ def test_per_layer_factors_are_drawn_per_layer():
 def test_per_layer_factors_do_not_depend_on_which_other_layers_are_adapted():
     def layer1_core(layers_to_transform):
         torch.manual_seed(0)
-        config = TeraConfig(target_modules=["q_proj"], share_factors=False, layers_to_transform=layers_to_transform)
+        config = TeraConfig(
+            layout="balanced", target_modules=["q_proj"], share_factors=False, layers_to_transform=layers_to_transform
+        )
         layers = _tera_layers(get_peft_model(tiny_llama(), config))
         layer = layers["base_model.model.model.layers.1.self_attn.q_proj"]
         return layer.shared_factors("default", torch.float32, torch.device("cpu"))[0]
@@ -230,7 +245,7 @@ def test_per_layer_adapter_added_beside_a_loaded_shared_one(tmp_path):
     _peft().save_pretrained(tmp_path)
     torch.manual_seed(0)
     loaded = PeftModel.from_pretrained(ToyMLP(), tmp_path)  # its config arrives with recorded checksums
-    loaded.add_adapter("per_layer", TeraConfig(target_modules=TOY_TARGETS, share_factors=False))
+    loaded.add_adapter("per_layer", TeraConfig(layout="balanced", target_modules=TOY_TARGETS, share_factors=False))
     layer = loaded.base_model.model.q
     assert layer.tera_factor_group["default"] != layer.tera_factor_group["per_layer"]
     assert len(loaded.base_model.tera_shared) == 3 * 5 + 3 * 5  # three shared plans, three per-layer groups
@@ -248,7 +263,8 @@ def test_delete_adapter_frees_factors_that_no_adapter_uses(share_factors):
 
     # Halved core ranks: other plans, so other factors (per-layer factors are per plan and layer too).
     model.add_adapter(
-        "shrunk", TeraConfig(target_modules=TOY_TARGETS, core_rank_ratio=0.5, share_factors=share_factors)
+        "shrunk",
+        TeraConfig(layout="balanced", target_modules=TOY_TARGETS, core_rank_ratio=0.5, share_factors=share_factors),
     )
     assert set(shared.keys()) > keys_default
     assert frozen_factor_values(model) > values_default
@@ -259,7 +275,13 @@ def test_delete_adapter_frees_factors_that_no_adapter_uses(share_factors):
     # The other way round: delete the first adapter, keep the second; only the second's factors stay, and it works.
     model.add_adapter(
         "shrunk",
-        TeraConfig(target_modules=TOY_TARGETS, core_rank_ratio=0.5, init_weights=False, share_factors=share_factors),
+        TeraConfig(
+            layout="balanced",
+            target_modules=TOY_TARGETS,
+            core_rank_ratio=0.5,
+            init_weights=False,
+            share_factors=share_factors,
+        ),
     )
     model.set_adapter("shrunk")
     out_half = _out(model)
@@ -272,7 +294,7 @@ def test_delete_adapter_frees_factors_that_no_adapter_uses(share_factors):
 def test_delete_adapter_keeps_factors_another_adapter_shares():
     model = _peft(init_weights=False)
     keys = set(model.base_model.tera_shared.keys())
-    model.add_adapter("same_plans", TeraConfig(target_modules=["q"], init_weights=False))
+    model.add_adapter("same_plans", TeraConfig(layout="balanced", target_modules=["q"], init_weights=False))
     with pytest.warns(UserWarning, match="Setting active adapter to same_plans"):
         model.delete_adapter("default")
     assert set(model.base_model.tera_shared.keys()) == {k for k in keys if k.startswith("o4x4_i4x4_")}  # q's plan
@@ -303,7 +325,9 @@ def _load(tmp_path, **kwargs):
 
 def test_saved_config_records_a_checksum_per_factor_group_for_every_adapter(tmp_path):
     model = _peft()
-    model.add_adapter("other", TeraConfig(target_modules=TOY_TARGETS))  # reuses the factors "default" made
+    model.add_adapter(
+        "other", TeraConfig(layout="balanced", target_modules=TOY_TARGETS)
+    )  # reuses the factors "default" made
     model.save_pretrained(tmp_path)
     groups = {m.tera_factor_group["default"] for m in _tera_layers(model).values()}
     for folder in (tmp_path, tmp_path / "other"):
@@ -320,7 +344,7 @@ def test_load_with_a_new_config_is_checked_against_the_file(tmp_path, config):
     """A new config brings no checksums, the adapter file does: the same key loads, another is refused (more in
     test_tera_loading.py)."""
     _, expected, _ = _saved(tmp_path)
-    fresh = TeraConfig(target_modules=TOY_TARGETS, **config)
+    fresh = TeraConfig(layout="balanced", target_modules=TOY_TARGETS, **config)
     if config:
         with pytest.raises(SharedFactorsMismatch, match=r"regenerated from projection_prng_key=1, .* not the"):
             _load(tmp_path, config=fresh)
@@ -379,7 +403,9 @@ def test_saved_factors_load_without_checksums_but_edits_are_still_caught(tmp_pat
 def test_saved_factors_of_a_bf16_model_verify(tmp_path):
     """The checksum of saved factors is of the values in the file (here bf16), so it verifies on load."""
     torch.manual_seed(0)
-    model = get_peft_model(ToyMLP().to(torch.bfloat16), TeraConfig(target_modules=TOY_TARGETS, save_projection=True))
+    model = get_peft_model(
+        ToyMLP().to(torch.bfloat16), TeraConfig(layout="balanced", target_modules=TOY_TARGETS, save_projection=True)
+    )
     model.save_pretrained(tmp_path)
     torch.manual_seed(0)
     loaded = PeftModel.from_pretrained(ToyMLP().to(torch.bfloat16), tmp_path)
@@ -402,7 +428,7 @@ def test_adapter_file_size(tmp_path, save_projection):
 
 
 def test_peft_type_is_a_str_enum_member_like_peft_types(tmp_path):
-    config = TeraConfig(target_modules=TOY_TARGETS)
+    config = TeraConfig(layout="balanced", target_modules=TOY_TARGETS)
     assert config.peft_type is TeraPeftType.TERA and config.peft_type == "TERA" and config.peft_type.value == "TERA"
     config.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "TERA"
@@ -436,31 +462,33 @@ def test_loading_needs_import_tera_and_says_so(tmp_path):
 
 def test_error_explicit_tensor_shape_that_does_not_fit():
     with pytest.raises(TensorisationError, match="does not multiply out to 16 x 16"):
-        get_peft_model(ToyMLP(), TeraConfig(target_modules=["q"], tensor_shape={"16x16": [[4, 3], [4, 4]]}))
+        get_peft_model(
+            ToyMLP(), TeraConfig(layout="balanced", target_modules=["q"], tensor_shape={"16x16": [[4, 3], [4, 4]]})
+        )
     with pytest.raises(TensorisationError, match="tensor_order must be at least 1"):
-        plan_for_weight(16, 16, tensor_order=0)
+        plan_for_weight(16, 16, tensor_order=0, layout="balanced")
 
 
 def test_error_target_not_linear():
     with pytest.raises(TypeError, match="is a Embedding, not an nn.Linear"):
-        get_peft_model(ToyMLP(), TeraConfig(target_modules=["emb"]))
+        get_peft_model(ToyMLP(), TeraConfig(layout="balanced", target_modules=["emb"]))
 
 
 def test_error_second_adapter_conflicts_with_shared_factors():
     model = _peft()
     with pytest.raises(ValueError, match="projection_prng_key=5 but adapter 'default' already set the shared"):
-        model.add_adapter("other", TeraConfig(target_modules=TOY_TARGETS, projection_prng_key=5))
+        model.add_adapter("other", TeraConfig(layout="balanced", target_modules=TOY_TARGETS, projection_prng_key=5))
     with pytest.raises(ValueError, match="save_projection=True but adapter 'default'"):
-        model.add_adapter("third", TeraConfig(target_modules=TOY_TARGETS, save_projection=True))
+        model.add_adapter("third", TeraConfig(layout="balanced", target_modules=TOY_TARGETS, save_projection=True))
 
 
 def test_error_bad_config_values():
     with pytest.raises(ValueError, match="diagonal_placement must be one of"):
-        TeraConfig(target_modules=["q"], diagonal_placement="both")
+        TeraConfig(layout="balanced", target_modules=["q"], diagonal_placement="both")
     with pytest.raises(ValueError, match="core_rank_ratio must lie in"):
-        TeraConfig(target_modules=["q"], core_rank_ratio=0.0)
+        TeraConfig(layout="balanced", target_modules=["q"], core_rank_ratio=0.0)
     with pytest.raises(ValueError, match="forward_path must be one of"):
-        TeraConfig(target_modules=["q"], forward_path="fast")
+        TeraConfig(layout="balanced", target_modules=["q"], forward_path="fast")
 
 
 class _Wrapped(torch.nn.Module):
