@@ -94,6 +94,10 @@ def test_a_legacy_record_matches_only_on_the_settings_it_records():
     assert legacy_differences(older, config) == []  # a setting newer code added is not held against it
     other = {"config": {**config, "seed": 3}}
     assert legacy_differences(other, config) == ["seed"]
+    # an adapter option the record does not have may have had another library default then (TeRA's layout)
+    method = config["method"]
+    before_layout = {**config, "method": {**method, "peft": {k: v for k, v in method["peft"].items() if k != "layout"}}}
+    assert legacy_differences({"config": before_layout}, config) == ["method.peft.layout"]
 
 
 @pytest.mark.slow

@@ -39,8 +39,12 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def legacy_differences(record: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """The settings a legacy record and a run's config disagree on, compared on what the record records: settings
-    newer code added (absent from the record) are not held against it, any recorded value that differs is."""
+    """The settings a legacy record and a run's config disagree on, compared on what the record records: any recorded
+    value that differs, and any adapter option (``method.peft.*``) the record does not have (its library default then
+    may not be the value named now: TeRA's layout was balanced before it was an option). Other settings newer code
+    added are not held against it."""
     old = _flat(signature_settings(record.get("config") or {}))
     new = _flat(signature_settings(config))
-    return sorted(key for key, value in old.items() if key in new and new[key] != value)
+    changed = [key for key, value in old.items() if key in new and new[key] != value]
+    added = [key for key in new if key.startswith("method.peft.") and key not in old]
+    return sorted(changed + added)
