@@ -176,9 +176,12 @@ def test_the_sweep_check_composes_each_job_as_hydra_does(overrides):
 
     try:
         hydra = _hydra()
+        composed, compose_config = [], hydra.compose_config
+        hydra.compose_config = lambda name, jobs, **kw: composed.append(jobs) or compose_config(name, jobs, **kw)
         compose_job = cli._composer(hydra, "config")
         compose_job(["method=tera"])  # another job first: its composition must not leak into the next
         fast = compose_job(overrides)
+        assert overrides not in composed  # Hydra composed its group choices only: the rest was applied to a copy
         full = hydra.compose_config("config", overrides, run_mode=RunMode.RUN)
         with open_dict(full):
             del full["hydra"]
