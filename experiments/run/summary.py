@@ -81,6 +81,14 @@ def truncation_lines(truncated: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _resumed(record: dict[str, Any]) -> str:
+    """After a resume the train time counts the earlier process too, the wall time only this one: say so."""
+    if not record.get("resumed_from_step"):
+        return ""
+    before = record.get("train_seconds_before_resume") or 0.0
+    return f"; resumed after step {record['resumed_from_step']}: {before:.0f} s of training ran in an earlier process"
+
+
 def _tail(record: dict[str, Any], path: Path) -> list[str]:
     budget = record.get("budget")
     notes = [f"{key} is n/a: {why}" for key, why in (record.get("metric_notes") or {}).items()]
@@ -90,6 +98,6 @@ def _tail(record: dict[str, Any], path: Path) -> list[str]:
         *[f"warning      {line}" for line in [*(record.get("warnings") or []), *notes]],
         *([f"budget       {budget['note']}"] if budget else []),
         f"wall time    {record['wall_seconds']:.0f} s (train {record['train_seconds']:.0f} s, "
-        f"eval {record['eval_seconds']:.0f} s, {record['steps']} steps)",
+        f"eval {record['eval_seconds']:.0f} s, {record['steps']} steps)" + _resumed(record),
         f"record       {path}",
     ]
