@@ -10,6 +10,8 @@
   ``B A``, so the update is measured by merging.
 - LoKr: ``kron(W1, W2)`` and ``rank(kron(A, B)) = rank(A) rank(B)``.
 - MoRA: see :func:`baselines.mora.mora_rank_bound`.
+- LoRETTA: ``s B^T A`` through an ``r``-wide bottleneck and each factor's TT bond between its ``r`` and ``d`` modes,
+  see :func:`baselines.loretta.loretta_rank_bound`.
 
 Import the report from here in code that compares methods (``from baselines.analysis import adapter_report``).
 """
@@ -40,6 +42,7 @@ from tera.analysis import (
     trainable_count,
 )
 
+from .loretta import LorettaLayer, loretta_rank_bound
 from .mora import MoraLayer, mora_rank_bound
 
 
@@ -77,6 +80,8 @@ register_rank_bound(LoKrLayer, _lokr_bound)
 register_effective_delta(LoKrLayer, delta_weight_is_update)
 register_rank_bound(MoraLayer, mora_rank_bound)
 register_effective_delta(MoraLayer, delta_weight_is_update)
+register_rank_bound(LorettaLayer, loretta_rank_bound)
+register_effective_delta(LorettaLayer, delta_weight_is_update)
 
 __all__ = [
     "RANK_EPS",

@@ -28,6 +28,12 @@ def _mora(**kwargs: Any) -> PeftConfig:
     return MoraConfig(**kwargs)
 
 
+def _loretta(**kwargs: Any) -> PeftConfig:
+    from .loretta import LorettaConfig  # imported on use: registers the LORETTA peft type
+
+    return LorettaConfig(**kwargs)
+
+
 # name -> factory(**peft_kwargs); None means full fine-tuning (no adapter).
 METHODS: dict[str, ConfigFactory | None] = {
     "tera": tera.TeraConfig,
@@ -38,6 +44,7 @@ METHODS: dict[str, ConfigFactory | None] = {
     "lokr": LoKrConfig,
     "randlora": RandLoraConfig,
     "mora": _mora,
+    "loretta": _loretta,
     "full": None,
 }
 
@@ -88,7 +95,7 @@ def make_peft_config(
 
 
 # Methods whose layers wrap nn.Linear only (PEFT's LoRA family also takes embeddings and convolutions).
-LINEAR_ONLY = {"tera", "mora", "vera", "randlora", "hira"}
+LINEAR_ONLY = {"tera", "mora", "loretta", "vera", "randlora", "hira"}
 
 
 def check_targets(model: nn.Module, name: str, target_modules: list[str]) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from baselines.analysis import adapter_report
+from baselines.loretta import LorettaConfig
 from baselines.mora import MoraConfig
 from tera import TeraConfig
 
@@ -35,7 +36,8 @@ MLP_TARGETS = ["q", "up", "down", "head"]  # 16x16, 24x16, 16x24 and a 3x16 head
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 # (name, toy model, config class, config kwargs): TeRA rows after PEFT's VeRA rows (several targets, mixed shapes,
-# shrunk core, both forward paths, saved factors on/off, mode placement, per-layer factors), MoRA rows for both types.
+# shrunk core, both forward paths, saved factors on/off, mode placement, per-layer factors), MoRA rows for both types,
+# LoRETTA rows (TT ranks binding, the defaults with r above every toy side, a 20 -> 2 head, a transformers model).
 TEST_CASES: list[tuple[str, Any, type[PeftConfig], dict[str, Any]]] = [
     ("tera", ToyMLP, TeraConfig, {"target_modules": MLP_TARGETS}),
     ("tera-core-half", ToyMLP, TeraConfig, {"target_modules": MLP_TARGETS, "core_rank_ratio": 0.5}),
@@ -57,6 +59,20 @@ TEST_CASES: list[tuple[str, Any, type[PeftConfig], dict[str, Any]]] = [
     ("mora-type1", ToyMLP, MoraConfig, {"target_modules": MLP_TARGETS, "r": 2, "mora_type": 1}),
     ("mora-all-linear", ToyClassifier, MoraConfig, {"target_modules": "all-linear", "r": 1}),
     ("mora-llama", tiny_llama, MoraConfig, {"target_modules": LLAMA_TARGETS, "r": 4}),
+    (
+        "loretta",
+        ToyMLP,
+        LorettaConfig,
+        {"target_modules": MLP_TARGETS, "r": 4, "tensor_rank": 3, "max_mode_size": 4},
+    ),
+    ("loretta-default", ToyMLP, LorettaConfig, {"target_modules": MLP_TARGETS}),
+    ("loretta-all-linear", ToyClassifier, LorettaConfig, {"target_modules": "all-linear", "r": 2, "tensor_rank": 2}),
+    (
+        "loretta-llama",
+        tiny_llama,
+        LorettaConfig,
+        {"target_modules": LLAMA_TARGETS, "r": 8, "tensor_rank": 4, "scaling": 0.5},
+    ),
 ]
 CASES = [pytest.param(model, cls, kwargs, id=name) for name, model, cls, kwargs in TEST_CASES]
 CONFIG_CLASSES = sorted({cls for _, _, cls, _ in TEST_CASES}, key=lambda cls: cls.__name__)
