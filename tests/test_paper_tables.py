@@ -417,7 +417,8 @@ def test_properties_table_on_tiny_shapes(tmp_path):
 
     real = measure("smollm2-135m-shapes", "tera")  # one layer of SmolLM2-135M's real dimensions: still cheap
     assert real["median_rank_bound"] == 576 and real["median_rank"] >= 0.9 * 576 and real["layers"][0]["rank"] >= 500
-    assert real["trainable_params"] == 15_120  # TeRA's diagonals of one layer, times 30 layers
+    # The paper's layout: per layer q 576 + (4+4+6+6), k and v 576 + (4+6+8), up and down 1536 + (4+4+6+6); times 30
+    assert real["trainable_params"] == 30 * (596 + 2 * 594 + 2 * 1556) == 146_880
 
 
 def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
