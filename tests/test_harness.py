@@ -205,8 +205,8 @@ def test_cli_errors_are_one_sentence_with_nonzero_exit(tmp_path):
     proc = cli("method=nope")
     assert proc.returncode == 2
     assert last_error(proc) == (
-        "error: In 'config': Could not find 'method/nope'; choose one of method: dora, full, hira, lokr, lora, loretta, "
-        "mora, randlora, tera, vera."
+        "error: In 'config': Could not find 'method/nope'; choose one of method: dora, full, hira, lokr, lora, "
+        "loretta, mora, randlora, tera, vera."
     )
     proc = cli(
         "task=glue/rte",
