@@ -11,9 +11,8 @@ from baselines import METHODS, UnknownMethod, make_peft_config
 from experiments.errors import ConfigError
 from experiments.run import pipeline
 from experiments.run.schema import validate
-
-from .helpers import cli, last_error, options
-from .helpers import compose as _compose
+from tests.helpers import cli, last_error, options
+from tests.helpers import compose as _compose
 
 TASKS = options("task")
 ALL_METHODS = options("method")

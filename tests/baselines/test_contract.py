@@ -29,8 +29,7 @@ from baselines.analysis import adapter_report
 from baselines.loretta import LorettaConfig
 from baselines.mora import MoraConfig
 from tera import TeraConfig
-
-from .toy_models import ToyClassifier, ToyMLP, example_inputs, output_of, tiny_llama
+from tests.toy_models import ToyClassifier, ToyMLP, example_inputs, output_of, tiny_llama
 
 MLP_TARGETS = ["q", "up", "down", "head"]  # 16x16, 24x16, 16x24 and a 3x16 head
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]

@@ -20,8 +20,7 @@ from torch import nn
 from baselines import make_peft_config
 from baselines.analysis import adapter_report, trainable_count
 from baselines.loretta import Linear, LorettaConfig, LorettaLayer, loretta_rank_bound, tensor_modes
-
-from .toy_models import TOY_TARGETS, ToyMLP
+from tests.toy_models import TOY_TARGETS, ToyMLP
 
 X = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(1))
 SMALL = {"r": 4, "tensor_rank": 3, "max_mode_size": 4}
@@ -175,7 +174,7 @@ def test_paper_percentages_on_llama_q_and_v():
 
 def test_method_config_matches_the_class_defaults():
     """conf/method/loretta.yaml spells out the defaults whose counts the test above checks."""
-    conf = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "method" / "loretta.yaml").read_text())
+    conf = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "method" / "loretta.yaml").read_text())
     defaults = LorettaConfig()
     assert conf["name"] == "loretta" and conf["peft"] == {k: getattr(defaults, k) for k in conf["peft"]}
     config = make_peft_config("loretta", ["q_proj", "v_proj"], None, "CAUSAL_LM", **conf["peft"])

@@ -18,9 +18,9 @@ from experiments.tables import plots
 from experiments.tables.paper import accuracy_rows, write_spec_table
 from experiments.tables.render import RecordSet, read_records
 from experiments.tables.specs import SPECS, SpecError, available, load_tables, parse_spec
-from tests.test_tables import markdown_rows
+from tests.experiments.tables.test_tables import markdown_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "results"
 
 

@@ -14,10 +14,9 @@ from experiments.run import cli, distributed
 from experiments.run.budget import plan_budget
 from experiments.run.loop import train
 from experiments.run.schema import validate
-
-from .helpers import cli as run_cli
-from .helpers import compose, last_error
-from .toy_models import Regressor
+from tests.helpers import cli as run_cli
+from tests.helpers import compose, last_error
+from tests.toy_models import Regressor
 
 
 def _preflight_error(capsys, *argv: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("experiments", "baselines", "tera")
 MAX_MODULE_LINES = 520
 MAX_FUNCTION_LINES = 60

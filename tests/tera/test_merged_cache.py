@@ -10,8 +10,7 @@ from peft import get_peft_model
 
 import tera.layer
 from tera import TeraConfig, TeraLayer
-
-from .toy_models import TOY_TARGETS, ToyMLP
+from tests.toy_models import TOY_TARGETS, ToyMLP
 
 X = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 

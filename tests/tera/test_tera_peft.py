@@ -20,8 +20,8 @@ from tera.factors import generate_factors
 from tera.layer import factor_group
 from tera.reference import reference_delta
 from tera.tensorize import plan_for_weight
-
-from .toy_models import TOY_TARGETS, ToyClassifier, ToyMLP, tiny_llama, tiny_roberta
+from tests.helpers import ROOT
+from tests.toy_models import TOY_TARGETS, ToyClassifier, ToyMLP, tiny_llama, tiny_roberta
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 X = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(1))
@@ -447,7 +447,7 @@ def test_loading_needs_import_tera_and_says_so(tmp_path):
         "peft.PeftModel.from_pretrained(ToyMLP(), {path!r})\n"
         "print('loaded')\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(ROOT)
     for extra, ok in (("", False), ("import tera\n", True)):
         code = script.format(root=root, extra=extra, path=str(tmp_path))
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

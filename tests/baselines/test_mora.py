@@ -14,8 +14,7 @@ from torch import nn
 from baselines.analysis import adapter_report
 from baselines.mora import MoraConfig, MoraLayer, mora_rank_bound
 from baselines.mora.layer import _rotation_tables
-
-from .toy_models import TOY_TARGETS, ToyMLP
+from tests.toy_models import TOY_TARGETS, ToyMLP
 
 X = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(1))
 

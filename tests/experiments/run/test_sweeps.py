@@ -15,8 +15,7 @@ from experiments.models.encoders import tiny_classifier
 from experiments.run import pipeline
 from experiments.run.checkpoints import Checkpointer
 from experiments.run.loop import encode, labels_of, parameter_groups, shuffled_batches, train
-
-from .helpers import cli, compose
+from tests.helpers import cli, compose
 
 SENTENCES = [
     ("a wonderful, moving film", 1),

@@ -23,8 +23,7 @@ from experiments.run.schema import validate
 from experiments.tables.specs import SpecError, load_tables, parse_spec
 from experiments.tasks import decoder as decoder_tasks
 from experiments.tasks.classification import load_task
-
-from .helpers import cli, compose, last_error, options
+from tests.helpers import cli, compose, last_error, options
 
 COLUMNS = [{"metric": "test_accuracy", "label": "test accuracy"}]
 

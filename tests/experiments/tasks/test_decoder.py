@@ -26,7 +26,7 @@ from experiments.tasks.decoder import offline, plan, rows
 from experiments.tasks.decoder.batching import IGNORE, bucketed_batches, collate, tokenize_example
 from experiments.tasks.decoder.prompts import ANSWER_LEAD, HEADER
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[3] / "conf")
 
 BOOLQ_ROWS = [
     {"question": "is the sun a star", "answer": True, "passage": "The Sun is the star at the centre."},

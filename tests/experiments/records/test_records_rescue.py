@@ -20,8 +20,7 @@ from experiments.records import write
 from experiments.records.read import is_complete, read_record
 from experiments.run import cli, pipeline
 from experiments.run.budget import plan_budget
-
-from .helpers import compose
+from tests.helpers import compose
 
 
 def _tweets(tmp_path: Path, rows: int = 24) -> str:

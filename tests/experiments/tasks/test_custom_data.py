@@ -20,8 +20,7 @@ from experiments.tables.render import write_table
 from experiments.tasks import decoder as decoder_tasks
 from experiments.tasks.classification import load_task
 from experiments.tasks.files import read_local
-
-from .helpers import cli, compose, last_error
+from tests.helpers import cli, compose, last_error
 
 TOPICS = {
     "sports": ["the match ended in a draw", "a late goal won the cup", "the team signed a striker"],

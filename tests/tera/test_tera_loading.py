@@ -18,8 +18,7 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 from safetensors.torch import load_file, save_file
 
 from tera import SharedFactorsMismatch, TeraConfig
-
-from .toy_models import TOY_TARGETS, ToyMLP, example_inputs, output_of, tiny_llama
+from tests.toy_models import TOY_TARGETS, ToyMLP, example_inputs, output_of, tiny_llama
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 CASES = [

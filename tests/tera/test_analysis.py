@@ -13,8 +13,7 @@ from torch import nn
 
 from baselines.analysis import adapter_report, effective_delta, frozen_factor_values, numerical_rank, shared_buffers
 from tera import TeraConfig
-
-from .toy_models import TOY_TARGETS, ToyMLP
+from tests.toy_models import TOY_TARGETS, ToyMLP
 
 
 class Wide(nn.Module):

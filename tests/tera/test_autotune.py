@@ -6,8 +6,7 @@ from peft import get_peft_model
 
 from tera import TeraConfig, autotune
 from tera.cost import FACTORISED, MERGED
-
-from .toy_models import TOY_TARGETS, ToyMLP
+from tests.toy_models import TOY_TARGETS, ToyMLP
 
 
 @pytest.fixture(autouse=True)

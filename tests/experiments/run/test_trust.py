@@ -19,9 +19,8 @@ from experiments.run.loop import train
 from experiments.run.summary import summarise
 from experiments.tables.render import main as tables_main
 from experiments.tables.render import read_records, write_table
-
-from .helpers import compose
-from .toy_models import Regressor
+from tests.helpers import compose
+from tests.toy_models import Regressor
 
 
 def _csv(path: Path, rows: list[tuple], header=("text", "label")) -> str:
