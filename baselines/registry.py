@@ -37,10 +37,13 @@ def _loretta(**kwargs: Any) -> PeftConfig:
 # name -> factory(**peft_kwargs); None means full fine-tuning (no adapter).
 METHODS: dict[str, ConfigFactory | None] = {
     "tera": tera.TeraConfig,
+    # The suite's earlier layout under its own name: both sides in balanced modes, far cheaper frozen factors.
+    "tera-balanced": lambda **kw: tera.TeraConfig(**{"layout": "balanced", **kw}),
     "lora": LoraConfig,
     "dora": lambda **kw: LoraConfig(use_dora=True, **kw),
     "vera": VeraConfig,
-    "hira": HiraConfig,
+    "hira": HiraConfig,  # r=32 (conf/method/hira.yaml), the paper's high-rank HiRA
+    "hira-r1": lambda **kw: HiraConfig(**{"r": 1, **kw}),  # the paper's HiRA r=1 row: about VeRA's trained count
     "lokr": LoKrConfig,
     "randlora": RandLoraConfig,
     "mora": _mora,
@@ -95,7 +98,7 @@ def make_peft_config(
 
 
 # Methods whose layers wrap nn.Linear only (PEFT's LoRA family also takes embeddings and convolutions).
-LINEAR_ONLY = {"tera", "mora", "loretta", "vera", "randlora", "hira"}
+LINEAR_ONLY = {"tera", "tera-balanced", "mora", "loretta", "vera", "randlora", "hira", "hira-r1"}
 
 
 def check_targets(model: nn.Module, name: str, target_modules: list[str]) -> None:

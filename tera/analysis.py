@@ -200,3 +200,29 @@ def frozen_factor_values(model: nn.Module) -> int:
             seen.add(key)
             total += tensor.numel()
     return total
+
+
+def tensor_plans(model: nn.Module) -> dict[str, dict[str, object]]:
+    """Every TeRA weight shape of ``model`` (``"<d_out>x<d_in>"``) with the tensor plan it was folded into: output and
+    input modes, core ranks, the mode whose vector started at zero, and the number of layers with that plan. Run
+    records keep it, so a size with no split into equal modes (11008, 384) shows the split the run actually used."""
+    from .tensorize import shape_key
+
+    plans: dict[str, dict[str, object]] = {}
+    for module in model.modules():
+        if not isinstance(module, TeraLayer):
+            continue
+        for adapter, plan in module.tera_plan.items():
+            entry = plans.setdefault(
+                shape_key(plan.d_out, plan.d_in),
+                {
+                    "out_modes": list(plan.out_modes),
+                    "in_modes": list(plan.in_modes),
+                    "ranks": list(plan.ranks),
+                    "trained_per_matrix": sum(module._lambda_sizes(adapter)),
+                    "zero_mode": module.tera_zero_mode.get(adapter),
+                    "layers": 0,
+                },
+            )
+            entry["layers"] = int(entry["layers"]) + 1
+    return dict(sorted(plans.items()))

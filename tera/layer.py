@@ -63,6 +63,7 @@ class TeraLayer(BaseTunerLayer):
         "tera_scaling",
         "tera_forward_path",
         "tera_cache_merged",
+        "tera_zero_mode",
     )
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
@@ -74,6 +75,7 @@ class TeraLayer(BaseTunerLayer):
         self.tera_scaling: dict[str, float] = {}
         self.tera_forward_path: dict[str, str] = {}
         self.tera_cache_merged: dict[str, bool] = {}
+        self.tera_zero_mode: dict[str, int] = {}  # the mode whose vector started at zero (run records show it)
         # W + dW per adapter with the key of the tensors it was built from (cache_merged_weight); not state.
         self._tera_merged_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
         # The shared factors live once on the TeraModel; a plain (unregistered) reference keeps them out of this
@@ -108,6 +110,7 @@ class TeraLayer(BaseTunerLayer):
         self.tera_scaling[adapter_name] = config.scaling
         self.tera_forward_path[adapter_name] = config.forward_path
         self.tera_cache_merged[adapter_name] = config.cache_merged_weight
+        self.tera_zero_mode[adapter_name] = zero_mode(plan, config)
         self._tera_merged_cache.pop(adapter_name, None)
         self.tera_lambda[adapter_name] = nn.Parameter(torch.zeros(sum(self._lambda_sizes(adapter_name))))
         self.reset_tera_parameters(adapter_name, config)

@@ -42,6 +42,17 @@ def _unused_budget_keys(train: Any) -> set[str]:
     return {"default_steps"} if train.get("epochs") else set()
 
 
+def _unused_rates(config: dict[str, Any]) -> set[str]:
+    """The learning rate a run does not train with: ``decoder_lr`` on an encoder (classification) task, ``lr`` on a
+    decoder task that sets ``decoder_lr`` (``families/``)."""
+    task, method = config.get("task"), config.get("method")
+    if not isinstance(task, dict) or not isinstance(method, dict):
+        return set()
+    if task.get("kind") == "causal":
+        return {"lr"} if method.get("decoder_lr") is not None else set()
+    return {"decoder_lr"} if task.get("kind") == "classification" else set()
+
+
 def signature_settings(config: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
     """The settings of ``config`` that decide what a run computes (no paths, loggers or speed switches)."""
     kept = {k: v for k, v in config.items() if k not in NOT_IN_SIGNATURE and k != "hydra"}
@@ -49,9 +60,11 @@ def signature_settings(config: dict[str, Any], with_seed: bool = True) -> dict[s
     kept["model"] = _without(kept.get("model", {}), NOT_IN_MODEL_SIGNATURE)
     kept["task"] = _without(kept.get("task", {}), NOT_IN_TASK_SIGNATURE)
     if isinstance(kept.get("method"), dict):  # a search space is not what a run computes; the values it sets are
-        # With zero steps nothing is trained: the learning rates compute nothing (the base model's rows).
+        # With zero steps nothing is trained: the learning rates compute nothing (the base model's rows); otherwise
+        # the rate of the other model family computes nothing either.
         untrained = isinstance(kept["train"], dict) and kept["train"].get("max_steps") == 0
-        kept["method"] = _without(kept["method"], {"tune", *(("lr", "decoder_lr") if untrained else ())})
+        unused = {"lr", "decoder_lr"} if untrained else _unused_rates(kept)
+        kept["method"] = _without(kept["method"], {"tune", *unused})
         kept["method"]["peft"] = _without(kept["method"].get("peft"), NOT_IN_PEFT_SIGNATURE)
     if "eval" in kept:
         kept["eval"] = _without(kept["eval"], {"batch_size"})

@@ -6,6 +6,9 @@ path-based run ids the ids of today's identity rules (``identity.py``), from wha
   once its recorded hash is checked against the installed file; anything else is named again from the record's config.
 - The model fingerprint is named from the record's config as a run names it now (a package release, a hub id).
 - The record is renamed to ``<run name>-<new id>.json`` and its ``run_id`` and ``settings_id`` updated.
+- A TeRA record made before TeRA's layout was an option ran the balanced layout (the suite's earlier default): it
+  becomes a ``tera-balanced`` record (its method, adapter options and run name say so; legacy records too), since
+  ``method=tera`` now means the paper's whole-side layout.
 
 Records with no run id (legacy records, made before run ids existed) are left as they are: tables show them, marked
 legacy, and run.py accepts them only where their recorded settings match (``read.legacy_differences``). Running the
@@ -15,6 +18,7 @@ script again changes nothing.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,26 @@ def _with_todays_loader(model: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
+def layout_named(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as a ``tera-balanced`` record if it is a TeRA run made before the layout option (else unchanged)."""
+    config = record.get("config") or {}
+    method = config.get("method") or {}
+    peft = method.get("peft") or {}
+    if method.get("name") != "tera" or "layout" in peft:
+        return record
+    # What it ran: the defaults of the time (shared factors were the only kind before share_factors was an option).
+    balanced = {"share_factors": True, **peft, "layout": "balanced", "factor_init": "orthonormal"}
+
+    def renamed(name: str | None) -> str | None:
+        return None if name is None else re.sub(r"(^|-)tera(?=-|$)", r"\1tera-balanced", name, count=1)
+
+    config = config | {"method": method | {"name": "tera-balanced", "peft": balanced}}
+    if "run_name" in config:
+        config["run_name"] = renamed(config["run_name"])
+    named = record | {"config": config, "method": "tera-balanced"}
+    return named | ({"run_name": renamed(record["run_name"])} if record.get("run_name") else {})
+
+
 def migrated(record: dict[str, Any]) -> dict[str, Any]:
     """``record`` with today's data and model fingerprints, run id and settings id."""
     from experiments.models.loading import model_fingerprint
@@ -91,25 +115,35 @@ def migrate_folder(folder: Path, check: bool) -> tuple[int, int, int, list[str]]
         if record is None:
             problems.append(f"{path}: not a JSON object, left alone")
             continue
+        if record.get("table") == "properties":  # Table 1's measurements are not runs: measured again when stale
+            continue
         if is_legacy(record):
             legacy += 1
+            new = layout_named(record)
+            if new is not record:
+                renamed += 1
+                _move(path, path.with_name(f"{new['run_name']}.json"), new, check)
             continue
         try:
-            new = migrated(record)
+            new = migrated(layout_named(record))
         except Exception as err:  # one record that cannot be named again must not stop the others
             problems.append(f"{path}: {err}; left alone")
             continue
-        target = path.with_name(f"{record.get('run_name') or path.stem.rsplit('-', 1)[0]}-{new['run_id']}.json")
+        target = path.with_name(f"{new.get('run_name') or path.stem.rsplit('-', 1)[0]}-{new['run_id']}.json")
         if new == record and target == path:
             current += 1
             continue
         renamed += 1
-        print(f"{'would rename' if check else 'renamed'} {_shown(path)} -> {target.name}")
-        if not check:
-            write_json_atomic(target, new)
-            if target != path:
-                path.unlink()
+        _move(path, target, new, check)
     return renamed, current, legacy, problems
+
+
+def _move(path: Path, target: Path, record: dict[str, Any], check: bool) -> None:
+    print(f"{'would rename' if check else 'renamed'} {_shown(path)} -> {target.name}")
+    if not check:
+        write_json_atomic(target, record)
+        if target != path:
+            path.unlink()
 
 
 def _shown(path: Path) -> str:
@@ -137,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         totals = [totals[0] + renamed, totals[1] + current, totals[2] + legacy]
     verb = "would get" if args.check else "got"
     print(
-        f"{totals[0]} record(s) {verb} today's run id, {totals[1]} already had it, {totals[2]} legacy record(s) "
-        f"(no run id) left as they are."
+        f"{totals[0]} record(s) {verb} today's run id or TeRA's named layout, {totals[1]} already had it, "
+        f"{totals[2]} legacy record(s) (no run id) otherwise left as they are."
     )
     return 1 if args.check and totals[0] else 0
 

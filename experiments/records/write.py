@@ -92,6 +92,7 @@ def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
     middle adapted layer's dW (none of these for full FT), and the frozen random values the adapter keeps."""
     from baselines import trains_every_weight
     from baselines.analysis import adapter_report, delta_spectrum, frozen_factor_values
+    from tera.analysis import tensor_plans
 
     if trains_every_weight(method):
         return {"layers": [], "median_rank": None, "spectrum": None, "frozen_factor_values": 0}
@@ -105,6 +106,7 @@ def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
         "median_rank": statistics.median(ranks) if ranks else None,
         "spectrum": spectrum,
         "frozen_factor_values": frozen_factor_values(model),
+        "tensor_plans": tensor_plans(model) or None,  # TeRA: the split each weight shape used (None for others)
     }
 
 

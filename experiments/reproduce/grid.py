@@ -68,11 +68,12 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
         for spec in (s for s in specs if s.kind == "properties"):
             records_dir = args.results / "runs" / spec.records_dir
             if args.dry_run:
-                print(f"measure {spec.grid['model']} x {spec.grid['method']} -> {records_dir}")
+                names = [m if isinstance(m, str) else m["name"] for m in spec.grid["method"]]
+                print(f"measure {spec.grid['model']} x {names} -> {records_dir}")
             else:
                 from experiments.reproduce.properties import run_properties
 
-                run_properties(list(spec.grid["model"]), list(spec.grid["method"]), records_dir)
+                run_properties(list(spec.grid["model"]), list(spec.grid["method"]), records_dir, spec.targets)
         done, legacy, total = completed_runs(specs, args.results, args.extra)
         of_them = f" ({legacy} of them legacy records)" if legacy else ""
         print(f"{label}: {len(done)} of {total} runs already complete{of_them}", flush=True)

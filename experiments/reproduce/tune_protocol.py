@@ -311,7 +311,7 @@ def final_table(spec: TableSpec, plans: list[CellPlan], found: list[Cell]) -> Tu
         records=spec.tuned_records_dir,
         out=spec.tuned_out_name,
         tune=spec.tune,
-        caption=[caption],
+        caption=[caption, *spec.caption],
         planned=planned,
         chosen=chosen,
         chosen_label="chosen setting" if several_keys else "chosen lr",

@@ -26,9 +26,11 @@ from experiments.tables.specs import TableSpec
 
 PROPERTIES_NOTE = (
     "Trainable values moved by a random step from their initial values (no training): the rank each method can reach. "
-    "`*-shapes`: one decoder layer of the real dimensions, counts scaled to the model's depth. Frozen random values: "
-    "the shared factors or projections kept beside the model (TeRA, VeRA, RandLoRA), not scaled by depth since every "
-    "layer uses the same ones."
+    "`*-shapes`: one decoder layer of the real dimensions with random weights, counts scaled to the model's depth; "
+    "% of model: trained / (the whole model's parameters + trained), the paper's definition, the whole model counted "
+    "from its published configuration on the meta device. Frozen random values: the shared factors or projections "
+    "kept beside the model (TeRA, VeRA, RandLoRA), not scaled by depth since every layer uses the same ones. n/a: no "
+    "weight is adapted (virtual-token methods), so there is no dW."
 )
 
 
@@ -122,40 +124,63 @@ def render_accuracy(spec: TableSpec, found: RecordSet) -> tuple[str, pd.DataFram
     return render_rows(rows, keys, spec.columns, spec.title, used, spec.show_frozen, reference, notes)
 
 
+def _method_name(entry: str | dict[str, Any]) -> str:
+    return entry if isinstance(entry, str) else entry["name"]
+
+
+def _paper_percent(spec: TableSpec, model: str, method: str) -> str:
+    values = ((spec.reference or {}).get("values") or {}).get(model) or {}
+    value = values.get(method)
+    return "" if value is None else str(value)
+
+
+def _properties_cells(record: dict[str, Any]) -> dict[str, str]:
+    """The shown cells of one properties record ("n/a" where a method has no dW or does not apply)."""
+    if record.get("unsupported"):
+        return {"trainable params": "n/a", "rank of dW (median)": "n/a"}
+    frozen = record.get("frozen_factor_values")
+    percent = record.get("trainable_percent")
+    has_rank = record.get("median_rank") is not None
+    return {
+        "trainable params": f"{record['trainable_params']:,}",
+        "% of model": "" if percent is None else f"{percent:.4f}",
+        "frozen random values": "—" if frozen is None else f"{frozen:,}",
+        "rank bound (median)": f"{record['median_rank_bound']:g}" if has_rank else "n/a",
+        "rank of dW (median)": f"{record['median_rank']:g}" if has_rank else "n/a",
+        "min rank": str(record["min_rank"]) if has_rank else "n/a",
+        "adapted matrices": str(len(record["layers"]) * record["depth_multiplier"]),
+    }
+
+
 def render_properties(spec: TableSpec, found: RecordSet) -> tuple[str, pd.DataFrame]:
-    """Table 1: one line per model x method of the grid, from the properties records (missing ones marked)."""
+    """Table 1: one line per model x method of the grid, from the properties records (missing ones marked), with the
+    paper's percentage beside ours where the spec gives it."""
     records = {
         naming.properties_name(r["method"], r["model"]): r for r in found.records if r.get("table") == "properties"
     }
-    shown, numbers, used = [], [], []
+    shown, numbers, used, notes = [], [], [], [PROPERTIES_NOTE]
     for model in spec.grid["model"]:
-        for method in spec.grid["method"]:
+        for method in map(_method_name, spec.grid["method"]):
             record = records.get(naming.properties_name(method, model))
+            cells = {"model": model, "method": method, "paper %": _paper_percent(spec, model, method)}
             if record is None:
-                shown.append({"model": model, "method": method, "trainable params": "missing"})
+                shown.append(cells | {"trainable params": "missing"})
                 continue
             used.append(record)
-            row = {k: record[k] for k in ("model", "method", "trainable_params", "median_rank_bound", "median_rank")}
-            row |= {"min_rank": record["min_rank"], "layers": len(record["layers"]) * record["depth_multiplier"]}
-            row["frozen_factor_values"] = record.get("frozen_factor_values")
-            numbers.append(row)
-            frozen = row["frozen_factor_values"]
-            shown.append(
-                {
-                    "model": model,
-                    "method": method,
-                    "trainable params": f"{row['trainable_params']:,}",
-                    "frozen random values": "—" if frozen is None else f"{frozen:,}",
-                    "median rank bound": f"{row['median_rank_bound']:g}",
-                    "median rank of dW": f"{row['median_rank']:g}",
-                    "min rank": str(row["min_rank"]),
-                    "layers": str(row["layers"]),
-                }
-            )
-    head = ["model", "method", "trainable params", "frozen random values", "median rank bound", "median rank of dW"]
-    frame = pd.DataFrame(shown, columns=[*head, "min rank", "layers"]).fillna("")
+            shown.append(cells | _properties_cells(record))
+            if record.get("unsupported"):
+                notes.append(f"{method} on {model}: {record['unsupported']}")
+                continue
+            keys = ("model", "method", "trainable_params", "trainable_percent", "median_rank_bound", "median_rank")
+            numbers.append({k: record.get(k) for k in (*keys, "min_rank", "frozen_factor_values")})
+    head = ["model", "method", "trainable params", "% of model"]
+    if spec.reference:
+        head.append("paper %")
+    rest = ["frozen random values", "rank bound (median)", "rank of dW (median)", "min rank", "adapted matrices"]
+    frame = pd.DataFrame(shown, columns=[*head, *rest]).fillna("")
     missing = sum(cells["trainable params"] == "missing" for cells in shown)
-    notes = [PROPERTIES_NOTE] + ([f"{missing} of {len(shown)} measurements have no record yet."] if missing else [])
+    notes += [f"{missing} of {len(shown)} measurements have no record yet."] if missing else []
+    notes += spec.caption + ([f"Paper %: {spec.reference['source']}"] if spec.reference else [])
     return document(spec.title, provenance(used), to_markdown(frame, 2), notes), pd.DataFrame(numbers, dtype=object)
 
 

@@ -14,6 +14,10 @@ Keys of a spec (and of each entry of its ``tables`` list, which inherits the res
   ``values`` by model and method), ``show_frozen`` (a column of the frozen random values each adapter keeps);
 - ``records``: the folder under ``results/runs`` (default ``<name>[-smoke]``), ``out``: the table's file name under
   ``results`` (default the same);
+- ``caption``: lines shown first under the table, what a reader must know (e.g. a pinned variant and why);
+- ``targets`` (properties tables): the modules to adapt, per model (``{model: [names]}``; a model not named uses its
+  own default); a properties grid's ``method`` entries may be ``{name, method, peft}``: a named variant of a
+  ``conf/method`` with some adapter options changed;
 - ``tables``: several tables from one spec (each needs its own ``out``), e.g. one per task with their own grid,
   overrides and variants;
 - ``smoke``: ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference`` and ``tune``) of the variant
@@ -41,7 +45,7 @@ from experiments.tables.render import Column
 SPECS = Path(__file__).resolve().parents[1] / "specs"  # the table declarations, one YAML each
 GRID_KEYS = ("model", "task", "method", "seed")
 KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
-KEYS |= {"records", "out", "tables", "smoke", "tune"}
+KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption"}
 VARIANT_KEYS = {"label", "overrides", "methods", "name", "run_name"}
 TUNE_KEYS = {"steps", "holdout", "metric", "lr_factors", "records", "out"}
 
@@ -92,6 +96,7 @@ class TableSpec:
     out: str | None = None  # file name under results (without suffix); default: the tag
     tune: TuneOptions = field(default_factory=TuneOptions)
     caption: list[str] = field(default_factory=list)  # lines shown first under the table (what a reader must know)
+    targets: dict[str, list[str]] | None = None  # properties tables: modules to adapt per model (else its default)
 
     @property
     def tag(self) -> str:
@@ -178,7 +183,9 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
         _check_keys(name, raw["smoke"], " in its smoke section")
         # The smoke variant keeps the table's identity, ablation variants and record names; the rest is its own (no
         # reference numbers unless it names some: published figures are not about the offline models).
-        kept = {k: raw[k] for k in ("name", "kind", "variants", "show_frozen", "run_name") if k in raw}
+        kept = {
+            k: raw[k] for k in ("name", "kind", "variants", "show_frozen", "run_name", "targets", "caption") if k in raw
+        }
         kept["tune"] = {k: v for k, v in (raw.get("tune") or {}).items() if k not in ("records", "out")}
         raw = {**kept, "reference": None, **raw["smoke"]}
     parts = raw.pop("tables", None) or [{}]
@@ -221,6 +228,7 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         columns = [Column(**c) for c in raw.get("columns") or []]
     except TypeError as err:
         raise SpecError(f"Table {name}: a column takes label, metric, task and average ({err}).") from None
+    _check_method_entries(name, kind, list(grid.get("method") or []))
     if kind == "accuracy" and not columns:
         raise SpecError(f"Table {name}: name at least one column (metric and label).")
     variants = [_variant(name, v, grid.get("method", [])) for v in raw.get("variants") or []]
@@ -248,7 +256,43 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         records=raw.get("records"),
         out=raw.get("out"),
         tune=tune,
+        targets=_targets(name, raw.get("targets")),
+        caption=_caption(name, raw.get("caption")),
     )
+
+
+def _caption(table: str | None, raw: Any) -> list[str]:
+    lines = [raw] if isinstance(raw, str) else raw or []
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise SpecError(f"Table {table}: caption is a sentence or a list of sentences.")
+    return [line.strip() for line in lines]
+
+
+def conf_methods(spec: TableSpec) -> list[str]:
+    """The ``conf/method`` names a spec's grid uses (a properties entry ``{name, method, peft}`` names its method)."""
+    return [m if isinstance(m, str) else m.get("method", m["name"]) for m in spec.grid.get("method", [])]
+
+
+def _check_method_entries(table: str | None, kind: str, methods: list[Any]) -> None:
+    for entry in methods:
+        if isinstance(entry, str):
+            continue
+        if kind != "properties" or not isinstance(entry, dict) or "name" not in entry:
+            raise SpecError(
+                f"Table {table}: a grid method is a conf/method name; only properties tables take {{name, method, "
+                f"peft}} entries, got {entry!r}."
+            )
+        unknown = sorted(set(entry) - {"name", "method", "peft"})
+        if unknown:
+            raise SpecError(f"Table {table}: method entry {entry['name']!r} has unknown keys {', '.join(unknown)}.")
+
+
+def _targets(table: str | None, raw: Any) -> dict[str, list[str]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(isinstance(v, list) and v for v in raw.values()):
+        raise SpecError(f"Table {table}: targets maps each model to a non-empty list of module names.")
+    return {str(model): [str(name) for name in names] for model, names in raw.items()}
 
 
 def _tune_options(table: str | None, raw: dict[str, Any]) -> TuneOptions:

@@ -17,7 +17,7 @@ from experiments.reproduce.sweep import multirun_commands
 from experiments.tables import plots
 from experiments.tables.paper import accuracy_rows, write_spec_table
 from experiments.tables.render import RecordSet, read_records
-from experiments.tables.specs import SPECS, SpecError, available, load_tables, parse_spec
+from experiments.tables.specs import SPECS, SpecError, available, conf_methods, load_tables, parse_spec
 from tests.experiments.tables.test_tables import markdown_rows
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,7 +44,7 @@ def test_every_declared_spec_parses_and_names_real_choices():
         names = [run.name for spec in tables for run in spec.runs()]
         assert len(names) == len(set(names))  # every run has its own record
         for spec in tables:
-            assert set(spec.grid["method"]) <= methods
+            assert set(conf_methods(spec)) <= methods
             if spec.kind == "accuracy":
                 assert set(spec.grid["model"]) <= models and set(spec.grid["task"]) <= tasks
                 assert spec.columns and spec.runs()
@@ -408,7 +408,7 @@ def test_properties_table_on_tiny_shapes(tmp_path):
     assert {layer["rank"] for layer in lora["layers"]} == {8} and lora["frozen_factor_values"] == 0
 
     shown = markdown_rows(write_spec_table(spec, tmp_path, tmp_path / "t1"))
-    assert [(r["method"], r["median rank of dW"], r["trainable params"]) for r in shown] == [
+    assert [(r["method"], r["rank of dW (median)"], r["trainable params"]) for r in shown] == [
         ("tera", "64", f"{tera['trainable_params']:,}"),
         ("lora", "8", f"{lora['trainable_params']:,}"),
         ("vera", "", "missing"),
@@ -424,7 +424,7 @@ def test_properties_table_on_tiny_shapes(tmp_path):
 def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
     assert reproduce_main(["table3", "--smoke", "--render-only", "--results", str(tmp_path)]) == 0
     shown = markdown_rows((tmp_path / "table3-smoke.md").read_text())
-    assert {r["method"]: r["Tweets"] for r in shown}["tera"] == "missing"
+    assert {r["method"]: r["Tweets"] for r in shown}["tera-balanced"] == "missing"
     assert "6 of 6 runs have no complete record yet." in (tmp_path / "table3-smoke.md").read_text()
 
     assert reproduce_main(["decoder_tera_lr", "--render-only", "--results", str(tmp_path)]) == 0
@@ -435,6 +435,6 @@ def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
     assert reproduce_main(["decoder_offline", "--dry-run", "--results", str(tmp_path)]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ run.py")]
     assert len(printed) == 6  # (base, LoRA trained, TeRA trained at its pinned rate) x (commonsense, GSM8K)
-    assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0] and "method=tera " in printed[0]
+    assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0] and "method=tera-balanced " in printed[0]
     assert "method=lora " in printed[1] and f"output_dir={tmp_path}/runs/decoder-smollm2" in printed[1]
-    assert "method=tera " in printed[2] and "method.decoder_lr=5e-3" in printed[2]
+    assert "method=tera-balanced " in printed[2] and "method.decoder_lr=5e-3" in printed[2]
