@@ -11,6 +11,8 @@ from peft import (
     LoKrConfig,
     LoraConfig,
     PeftConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
     RandLoraConfig,
     VeraConfig,
     get_peft_model,
@@ -34,6 +36,17 @@ def _loretta(**kwargs: Any) -> PeftConfig:
     return LorettaConfig(**kwargs)
 
 
+def _prompt_tuning(**kwargs: Any) -> PeftConfig:
+    # 20 virtual tokens: the paper's Prompt Tuning row (20 x 4096 = 81,920 trained values on LLaMA-2-7B).
+    return PromptTuningConfig(**{"num_virtual_tokens": 20, **kwargs})
+
+
+def _p_tuning(**kwargs: Any) -> PeftConfig:
+    # 20 virtual tokens through PEFT's MLP prompt encoder; PEFT sizes its hidden layer as the model's hidden size when
+    # encoder_hidden_size is not given (peft.utils.other._prepare_prompt_learning_config), the paper's P-Tuning row.
+    return PromptEncoderConfig(**{"num_virtual_tokens": 20, "encoder_reparameterization_type": "MLP", **kwargs})
+
+
 # name -> factory(**peft_kwargs); None means full fine-tuning (no adapter).
 METHODS: dict[str, ConfigFactory | None] = {
     "tera": tera.TeraConfig,
@@ -48,8 +61,14 @@ METHODS: dict[str, ConfigFactory | None] = {
     "randlora": RandLoraConfig,
     "mora": _mora,
     "loretta": _loretta,
+    "prompt-tuning": _prompt_tuning,  # trains 20 virtual token embeddings prepended to every input
+    "p-tuning": _p_tuning,  # trains the virtual tokens through an MLP prompt encoder
     "full": None,
 }
+
+# Methods that prepend trained virtual tokens to a decoder's input instead of adapting linear layers: they take no
+# target modules, have no dW (the rank of dW is n/a) and run on causal LMs only (PEFT's CAUSAL_LM task type).
+VIRTUAL_TOKEN_METHODS = frozenset({"prompt-tuning", "p-tuning"})
 
 
 class UnknownMethod(ValueError):
@@ -62,33 +81,64 @@ def trains_every_weight(name: str) -> bool:
     return METHODS[name] is None
 
 
+def adds_virtual_tokens(name: str) -> bool:
+    """Prompt Tuning and P-Tuning: trained virtual tokens before the input, no adapted weight (no dW, no rank)."""
+    _check(name)
+    return name in VIRTUAL_TOKEN_METHODS
+
+
+def check_mergeable(name: str) -> None:
+    """Refuse, in one sentence, to fold a virtual-token method into the model's weights: it has no dW to merge."""
+    if adds_virtual_tokens(name):
+        raise UnknownMethod(
+            f"Method {name} trains virtual tokens prepended to the input, not a weight update: there is nothing to "
+            f"merge into the model's weights; time or evaluate it unmerged."
+        )
+
+
 def _check(name: str) -> None:
     if name not in METHODS:
         raise UnknownMethod(f"Unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}.")
 
 
+def _virtual_token_options(name: str, task_type: str | None) -> dict[str, Any]:
+    """The options a virtual-token method gets instead of target modules: PEFT's causal-LM task type (its model class
+    prepends the tokens, drops their logits from the loss and injects them in generate), refused elsewhere."""
+    if task_type != "CAUSAL_LM":
+        raise UnknownMethod(
+            f"Method {name} prepends trained virtual tokens to a decoder's input and runs on causal language models "
+            f"only (PEFT task type CAUSAL_LM, got {task_type!r}); use it on a decoder task."
+        )
+    return {"task_type": task_type}
+
+
 def make_peft_config(
     name: str,
-    target_modules: list[str],
+    target_modules: list[str] | None,
     modules_to_save: list[str] | None = None,
     task_type: str | None = None,
     **peft_kwargs: Any,
 ) -> PeftConfig | None:
-    """The PEFT config of method ``name`` (``None`` for full fine-tuning); ``task_type`` e.g. ``CAUSAL_LM``."""
+    """The PEFT config of method ``name`` (``None`` for full fine-tuning); ``task_type`` e.g. ``CAUSAL_LM``.
+    Virtual-token methods (:data:`VIRTUAL_TOKEN_METHODS`) ignore ``target_modules`` and need ``CAUSAL_LM``."""
     _check(name)
     factory = METHODS[name]
     if factory is None:
         if peft_kwargs:
             raise UnknownMethod(f"Full fine-tuning takes no adapter options, got {sorted(peft_kwargs)}; drop them.")
         return None
-    if task_type is not None:
-        peft_kwargs["task_type"] = task_type
+    if name in VIRTUAL_TOKEN_METHODS:
+        peft_kwargs |= _virtual_token_options(name, task_type)
+    else:
+        peft_kwargs["target_modules"] = None if target_modules is None else list(target_modules)
+        if task_type is not None:
+            peft_kwargs["task_type"] = task_type
     try:
         with warnings.catch_warnings():
             # VeRA and RandLoRA remind that their projections are regenerated from the PRNG key, not saved: the
             # suite's documented choice, said once in the README, not at every run.
             warnings.filterwarnings("ignore", message="Specified to not save", category=UserWarning)
-            return factory(target_modules=list(target_modules), modules_to_save=modules_to_save, **peft_kwargs)
+            return factory(modules_to_save=modules_to_save, **peft_kwargs)
     except TypeError as err:  # an option the method's config does not have
         raise UnknownMethod(f"Method {name!r} does not accept these options ({err}); check method.peft.") from err
     except ValueError as err:  # a value the method's config refuses (its own check, e.g. a ratio out of range)
@@ -104,7 +154,7 @@ LINEAR_ONLY = {"tera", "tera-balanced", "mora", "loretta", "vera", "randlora", "
 def check_targets(model: nn.Module, name: str, target_modules: list[str]) -> None:
     """Refuse targets that match no module, or (for Linear-only methods) a module that is not a linear layer, with one
     sentence that lists what the model's linear layers are called."""
-    if METHODS.get(name) is None:  # full fine-tuning has no targets
+    if METHODS.get(name) is None or name in VIRTUAL_TOKEN_METHODS:  # full FT and virtual tokens have no targets
         return
     from transformers.pytorch_utils import Conv1D
 
@@ -133,7 +183,7 @@ def check_targets(model: nn.Module, name: str, target_modules: list[str]) -> Non
 def apply_method(
     model: nn.Module,
     name: str,
-    target_modules: list[str],
+    target_modules: list[str] | None,
     modules_to_save: list[str] | None = None,
     task_type: str | None = None,
     **peft_kwargs: Any,

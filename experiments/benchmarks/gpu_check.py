@@ -3,9 +3,12 @@
 Sections, each reported even when another fails:
 
 1. ``paths``: TeRA's factorised and merged paths on the device in float32 and bfloat16 (forward output, input
-   gradient, lambda gradients) against the float64 CPU reference (:mod:`tera.reference`) at LLaMA-2-7B layer shapes.
-2. ``efficiency``: the efficiency report at LLaMA-2-7B shapes (``conf/bench/llama2-7b.yaml``: base, LoRA r32, VeRA,
-   full FT, TeRA auto / merged / factorised, core I/2 and the other methods), timed round-robin.
+   gradient, lambda gradients) against the float64 CPU reference (:mod:`tera.reference`): the paper's whole-side
+   layout at LLaMA-2-7B's q/v (4096 x 4096) and LLaMA-3-8B's v (1024 x 4096), the balanced layout at 4096 x 4096 and
+   11008 x 4096.
+2. ``efficiency``: the efficiency report at LLaMA-2-7B shapes, every method on q and v (``conf/bench/llama2-7b.yaml``:
+   base, LoRA r32, VeRA, full FT, TeRA in the paper's layout auto / merged / factorised, core I/2, the balanced
+   layout and the other methods), timed round-robin.
 3. ``train``: one short real training run through ``run.py`` on the device, bf16 autocast and gradient checkpointing,
    on a decoder (``model=tiny-llama``, ``task=custom/math``) and on an encoder (``model=tiny``,
    ``task=custom/classification``), on small generated data files.
@@ -46,8 +49,10 @@ CARRY = ROOT / ".gpu-check"  # made by --prepare: wheels/ and tokenizers/{minilm
 RUN_WHEELS = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "pydantic", "pydantic-core", "annotated-types")
 RUN_WHEELS += ("typing-inspection",)
 RUN_MODULES = ("hydra", "omegaconf", "pydantic")
-FULL_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
-TINY_SHAPES = [(12, 12), (24, 12), (12, 30)]
+# (d_out, d_in, layout): the paper's whole-side layout where the paper adapts (q, v), the balanced one beside it.
+FULL_SHAPES = [(4096, 4096, "whole-side"), (1024, 4096, "whole-side")]
+FULL_SHAPES += [(4096, 4096, "balanced"), (11008, 4096, "balanced")]
+TINY_SHAPES = [(12, 12, "whole-side"), (24, 12, "whole-side"), (12, 30, "balanced")]
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}  # relative error, norm-wise, against float64
 
 
@@ -56,7 +61,7 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm().clamp_min(1e-300))
 
 
-def check_paths(device: str, shapes: list[tuple[int, int]], tokens: int) -> list[dict[str, Any]]:
+def check_paths(device: str, shapes: list[tuple[int, int, str]], tokens: int) -> list[dict[str, Any]]:
     """Forward output, input gradient and lambda gradients of both paths, per dtype, against float64 on the CPU."""
     from tera.contraction import factorised_delta, merged_linear
     from tera.factors import generate_factors
@@ -64,8 +69,8 @@ def check_paths(device: str, shapes: list[tuple[int, int]], tokens: int) -> list
     from tera.tensorize import plan_for_weight
 
     rows = []
-    for d_out, d_in in shapes:
-        plan = plan_for_weight(d_out, d_in)
+    for d_out, d_in, layout in shapes:
+        plan = plan_for_weight(d_out, d_in, layout=layout)
         shared = generate_factors(plan, prng_key=0)
         gen = torch.Generator().manual_seed(0)
         lambdas = [torch.rand(n, generator=gen, dtype=torch.float64) + 0.5 for n in plan.ranks]
@@ -99,6 +104,8 @@ def check_paths(device: str, shapes: list[tuple[int, int]], tokens: int) -> list
                 rows.append(
                     {
                         "shape": f"{d_out}x{d_in}",
+                        "layout": layout,
+                        "modes": f"{plan.out_modes} x {plan.in_modes}",
                         "tokens": tokens,
                         "dtype": str(dtype).split(".")[-1],
                         "path": path,
@@ -225,13 +232,14 @@ def render(result: dict[str, Any]) -> str:
         lines += [
             "Relative error (norm of the difference over the norm of the reference), rank-side diagonals, full core.",
             "",
-            "| shape | tokens | dtype | path | output | input grad | lambda grads | tolerance | ok |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| shape | layout (modes) | tokens | dtype | path | output | input grad | lambda grads | tolerance | ok |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in paths:
             e = r["errors"]
             lines.append(
-                f"| {r['shape']} | {r['tokens']} | {r['dtype']} | {r['path']} | {e['output']:.1e} | "
+                f"| {r['shape']} | {r.get('layout', 'balanced')} ({r.get('modes', '')}) | {r['tokens']} | "
+                f"{r['dtype']} | {r['path']} | {e['output']:.1e} | "
                 f"{e['input_grad']:.1e} | {e['lambda_grads']:.1e} | {r['tolerance']:g} | {'yes' if r['ok'] else 'NO'} |"
             )
     else:

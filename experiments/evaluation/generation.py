@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from experiments.evaluation.extraction import extract_choice, extract_number, number_matches
+from experiments.evaluation.virtual_tokens import virtual_token_generation
 from experiments.run.progress import Progress
 
 
@@ -29,13 +30,15 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, b
         for start in Progress(starts, len(starts), desc, leave=False):
             chunk = order[start : start + batch_size]
             batch = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True).to(device)
-            tokens = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
+            with virtual_token_generation(model):  # Prompt Tuning, P-Tuning: keep the KV cache (virtual_tokens.py)
+                tokens = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            # The input ids, then the new ones: PEFT's generate injects virtual tokens as embeddings, not as ids.
             texts = tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for i, text in zip(chunk, texts):
                 outputs[i] = text

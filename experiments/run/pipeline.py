@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from baselines import apply_method, check_targets
+from baselines import adds_virtual_tokens, apply_method, check_targets
 from experiments.errors import ConfigError, RunFailed
 from experiments.families import Family, family_for
 from experiments.models.loading import model_fingerprint
@@ -331,6 +331,7 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
         "trainable_params": run.trainable,
         "total_params": run.total_params,
         **adapter_fields(run.model, cfg.method.name),
+        **virtual_token_fields(run.model, cfg.method.name),
         "steps": run.budget.steps,
         "learning_rate": family.learning_rate(),  # the adapter's rate (the head's is train.head_lr)
         "budget": run.budget.as_dict(),
@@ -341,6 +342,18 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
         **evaluation.fields,
     }
     return finish_run(plan, record, result, eval_seconds, started, device, tracker)
+
+
+def virtual_token_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
+    """Prompt Tuning and P-Tuning adapt no layer: the record says the rank of dW is n/a and why, rather than leaving a
+    reader to guess what an empty ``layers`` and a null ``median_rank`` mean."""
+    if not adds_virtual_tokens(method):
+        return {}
+    return {
+        "median_rank": None,
+        "rank_reason": f"n/a: {method} trains virtual tokens prepended to the input and adapts no weight (no dW)",
+        "virtual_tokens": int(model.active_peft_config.num_virtual_tokens),
+    }
 
 
 def defined_metrics(metrics: dict[str, float]) -> tuple[dict[str, float | None], dict[str, str]]:

@@ -405,6 +405,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     top = {k: v for k, v in raw.items() if k not in sections}
     settings = _check(RunSettings, {**top, **sections}, "")
     _check_compatible(settings)
+    _check_virtual_tokens(settings)
     _check_method(settings)
     return settings
 
@@ -417,6 +418,27 @@ def _check_compatible(settings: RunSettings) -> None:
         raise IncompatibleChoice(
             f"Task {task.suite}/{task.name} needs {wanted}, but model={model.name} is {article} {model.kind}; "
             f"pick another model or task."
+        )
+
+
+def _check_virtual_tokens(settings: RunSettings) -> None:
+    """Prompt Tuning and P-Tuning prepend trained virtual tokens to a decoder's input and adapt no layer: an encoder
+    task, or target modules they would ignore, are refused here, before any model loads."""
+    from baselines import VIRTUAL_TOKEN_METHODS
+
+    method, task = settings.method, settings.task
+    if method.name not in VIRTUAL_TOKEN_METHODS:
+        return
+    if task.kind != "causal":
+        raise IncompatibleChoice(
+            f"Method {method.name} prepends trained virtual tokens to a decoder's input and runs on decoder tasks "
+            f"only (commonsense/*, math/*, custom/choice, custom/math), not on the {task.kind} task "
+            f"{task.suite}/{task.name}; pick a decoder task and model, or another method."
+        )
+    if method.target_modules is not None:
+        raise ConfigError(
+            f"Method {method.name} trains virtual tokens and adapts no layer, so method.target_modules="
+            f"{method.target_modules} would be ignored; drop it (method.target_modules=null)."
         )
 
 

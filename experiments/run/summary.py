@@ -12,7 +12,7 @@ def summarise(record: dict[str, Any], path: Path) -> str:
     rank_line = (
         f"min {ranks[0]} / median {statistics.median(ranks):g} / max {ranks[-1]} over {len(ranks)} layers"
         if ranks
-        else "n/a (full fine-tuning updates every weight)"
+        else record.get("rank_reason") or "n/a (full fine-tuning updates every weight)"  # reason: virtual tokens
     )
     metrics = record["final_metrics"]
     if _family(record) == "causal":  # a decoder run: one line per evaluated task

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from baselines import METHODS, trains_every_weight
+from baselines import METHODS, VIRTUAL_TOKEN_METHODS, trains_every_weight
 from experiments.records.identity import run_signature, short_hash
 from experiments.records.read import is_complete, is_legacy, read_record
 
@@ -286,6 +286,8 @@ def cell_text(values: list[float], expected: int) -> str:
 
 def _rank(row: dict[str, Any]) -> str:
     if row["median_rank"] is None:
+        if row.get("method") in VIRTUAL_TOKEN_METHODS:  # Prompt Tuning, P-Tuning: no adapted weight, no dW
+            return "n/a"
         full = row.get("method") in METHODS and trains_every_weight(row["method"])
         return "full FT" if full and row["runs_found"] else "—"
     return f"{row['median_rank']:g}"

@@ -221,3 +221,30 @@ def test_ranks_compare_every_shared_buffer_not_only_teras(tmp_path, key_of_rank_
     out = tmp_path / "result.txt"
     torch.multiprocessing.spawn(_check_buffers_worker, args=(2, _free_port(), key_of_rank_1, str(out)), nprocs=2)
     assert expected in out.read_text()
+
+
+def test_tensor_plans_record_each_shapes_split_and_zero_mode():
+    """Run records keep the plan every weight shape used: 72 has no split into modes of 8, so it is as equal as
+    possible; the whole side's vector starts at zero (mode 0 when the output side is whole)."""
+    from tera.analysis import tensor_plans
+
+    model = get_peft_model(Wide(), TeraConfig(target_modules=["a", "b"]))
+    plans = tensor_plans(model)
+    assert plans["48x48"] == {
+        "out_modes": [48],
+        "in_modes": [6, 8],
+        "ranks": [48, 6, 8],
+        "trained_per_matrix": 62,
+        "zero_mode": 0,
+        "layers": 1,
+    }
+    assert plans["72x48"]["out_modes"] == [72] and plans["72x48"]["zero_mode"] == 0
+    balanced = get_peft_model(Wide(), TeraConfig(target_modules=["a"], layout="balanced", zero_init_mode=1))
+    assert tensor_plans(balanced)["48x48"] | {"ranks": None} == {
+        "out_modes": [6, 8],
+        "in_modes": [6, 8],
+        "ranks": None,
+        "trained_per_matrix": 28,
+        "zero_mode": 1,
+        "layers": 1,
+    }

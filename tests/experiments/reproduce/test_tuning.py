@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from baselines import VIRTUAL_TOKEN_METHODS
 from experiments.errors import ConfigError
 from experiments.reproduce import sweep, tune_protocol
 from experiments.reproduce.grid import main as reproduce_main
@@ -38,7 +39,9 @@ def _spec(**changes) -> dict:
 
 def test_every_method_searches_the_same_log_grid_around_its_conventional_rate():
     for method in options("method"):
-        settings = validate(compose(f"method={method}", "model=tiny"))
+        # Prompt Tuning and P-Tuning run on decoder tasks only
+        where = ["model=tiny-llama", "task=math/gsm8k"] if method in VIRTUAL_TOKEN_METHODS else ["model=tiny"]
+        settings = validate(compose(f"method={method}", *where))
         assert settings.method.tune.lr_factors == [0.25, 1.0, 4.0], method  # one budget for every method
         lrs = [s.lr for s in search_space("method.lr", settings.method.lr, settings.method.tune.lr_factors)]
         assert lrs == pytest.approx([settings.method.lr / 4, settings.method.lr, settings.method.lr * 4])

@@ -438,3 +438,27 @@ def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
     assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0] and "method=tera-balanced " in printed[0]
     assert "method=lora " in printed[1] and f"output_dir={tmp_path}/runs/decoder-smollm2" in printed[1]
     assert "method=tera-balanced " in printed[2] and "method.decoder_lr=5e-3" in printed[2]
+
+
+def test_table1_counts_the_whole_published_models_and_names_variants(tmp_path):
+    """The percentage divides by the whole model, counted on the meta device (the paper's totals); a grid entry
+    {name, method, peft} is a named variant; a record made with other targets is measured again."""
+    from experiments.reproduce.properties import full_model_params, measure, method_spec, run_properties
+
+    assert full_model_params("llama2-7b-shapes") == 6_738_415_616
+    assert full_model_params("llama3-8b-shapes") == 8_030_261_248
+    entry = {"name": "tera-output", "method": "tera", "peft": {"whole_side": "output"}}
+    assert method_spec(entry)[:2] == ("tera-output", "tera") and method_spec(entry)[2]["whole_side"] == "output"
+
+    model = "tiny-llama-shapes"  # 64 hidden, q 64x64, v 32x64 (2 key/value heads), 2 layers
+    lora = measure(model, {"name": "lora-r4", "method": "lora", "peft": {"r": 4}}, ["q_proj", "v_proj"])
+    trained = 2 * 4 * ((64 + 64) + (64 + 32))
+    assert lora["trainable_params"] == trained and lora["targets"] == ["q_proj", "v_proj"]
+    assert lora["trainable_percent"] == pytest.approx(100 * trained / (full_model_params(model) + trained))
+
+    run_properties([model], ["lora"], tmp_path, {model: ["q_proj"]})
+    first = json.loads((tmp_path / f"{naming.properties_name('lora', model)}.json").read_text())
+    run_properties([model], ["lora"], tmp_path, {model: ["q_proj", "v_proj"]})  # other targets: measured again
+    second = json.loads((tmp_path / f"{naming.properties_name('lora', model)}.json").read_text())
+    assert first["targets"] == ["q_proj"] and second["targets"] == ["q_proj", "v_proj"]
+    assert second["trainable_params"] > first["trainable_params"]
