@@ -447,6 +447,12 @@ def _check_method(settings: RunSettings) -> None:
     from baselines import UnknownMethod, make_peft_config
 
     method = settings.method
+    owned = sorted(set(method.peft or {}) & {"target_modules", "modules_to_save", "task_type"})
+    if owned:  # the harness sets these from the model and task; a second value would collide
+        raise ConfigError(
+            f"method.peft.{owned[0]} is set by the suite (from method.target_modules, the model's head and the task); "
+            f"drop it from method.peft{' and use method.target_modules' if owned[0] == 'target_modules' else ''}."
+        )
     targets = method.target_modules or settings.model.target_modules
     task_type = "CAUSAL_LM" if settings.task.kind == "causal" else None
     make_peft_config(method.name, list(targets), None, task_type, **dict(method.peft or {}))

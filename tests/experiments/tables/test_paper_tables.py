@@ -435,7 +435,8 @@ def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
     assert reproduce_main(["decoder_offline", "--dry-run", "--results", str(tmp_path)]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ run.py")]
     assert len(printed) == 6  # (base, LoRA trained, TeRA trained at its pinned rate) x (commonsense, GSM8K)
-    assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0] and "method=tera-balanced " in printed[0]
+    assert "run_name=commonsense-offline-smollm2-135m-base-s${seed}" in printed[0]
+    assert "method=tera-balanced " in printed[0]
     assert "method=lora " in printed[1] and f"output_dir={tmp_path}/runs/decoder-smollm2" in printed[1]
     assert "method=tera-balanced " in printed[2] and "method.decoder_lr=5e-3" in printed[2]
 
