@@ -126,7 +126,7 @@ def measure(model_name: str, entry: MethodEntry, targets: list[str] | None = Non
     try:
         adapted = apply_method(model, method, targets, task_type=task_type, **options)
     except UnknownMethod as err:  # e.g. a virtual-token method on an encoder: the table says why, in its row
-        return head | {"unsupported": str(err), "environment": environment("cpu"), "complete": True}
+        return head | {"unsupported": str(err), "layers": [], "environment": environment("cpu"), "complete": True}
     _random_step(adapted)
     layers = [r.as_dict() for r in adapter_report(adapted)]
     in_layers = sum(layer["trainable"] for layer in layers)
@@ -149,7 +149,7 @@ def measure(model_name: str, entry: MethodEntry, targets: list[str] | None = Non
 def _current(record: dict[str, Any] | None, entry: MethodEntry, targets: list[str] | None) -> bool:
     """A record measured with this entry's method, options and targets (older records, made before the table
     recorded them, are measured again)."""
-    if not record or "base_params" not in record:
+    if not record or "base_params" not in record or "layers" not in record:
         return False
     _, method, options = method_spec(entry)
     same_targets = targets is None or record.get("targets") == list(targets)
