@@ -11,6 +11,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from baselines.registry import VIRTUAL_TOKEN_METHODS
+
 ROOT = Path(__file__).resolve().parents[3]
 PRESETS = ROOT / "conf" / "bench"
 METHOD_CONF = ROOT / "conf" / "method"
@@ -42,6 +44,11 @@ def method_spec(entry: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(entry, str):
         entry = {"name": entry, "method": entry}
     method = entry.get("method", entry["name"])
+    if method in VIRTUAL_TOKEN_METHODS:  # the report merges adapters and times merged inference: no layer to merge
+        user_error(
+            f"preset entry {entry['name']!r}: {method} adds virtual tokens and adapts no layer, so the efficiency "
+            f"benchmark (merge, merged inference) cannot measure it; drop it from the preset."
+        )
     peft: dict[str, Any] = {}
     if method not in ("base", "full"):
         peft = dict(yaml.safe_load((METHOD_CONF / f"{method}.yaml").read_text()).get("peft") or {})

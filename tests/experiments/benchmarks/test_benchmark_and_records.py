@@ -292,3 +292,11 @@ def test_a_cpu_is_named_with_its_model_kernels_and_cores():
     assert text.startswith(f"CPU {platform.machine()}")
     assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in text
     assert f"({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)" in text
+
+
+def test_a_virtual_token_method_in_a_preset_is_one_sentence(capsys):
+    from experiments.benchmarks.efficiency.presets import method_spec
+
+    with pytest.raises(SystemExit) as stop:
+        method_spec({"name": "pt", "method": "prompt-tuning"})
+    assert stop.value.code == 2 and "adds virtual tokens and adapts no layer" in capsys.readouterr().err
