@@ -13,6 +13,7 @@ from .autotune import pick_path
 from .config import TeraConfig
 from .contraction import cast, delta_weight, factorised_delta, merged_linear, merged_weight
 from .cost import FACTORISED, MERGED
+from .mixed import RowTable, check_forward_args, mixed_batch_forward
 from .tensorize import TensorPlan, shape_key, whole_output_side
 from .tuners_utils import MergeByDeltaWeight
 
@@ -78,6 +79,9 @@ class TeraLayer(BaseTunerLayer):
         self.tera_zero_mode: dict[str, int] = {}  # the mode whose vector started at zero (run records show it)
         # W + dW per adapter with the key of the tensors it was built from (cache_merged_weight); not state.
         self._tera_merged_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        # Per factor group, the stacked per-row vectors of its adapters for mixed-adapter batches (tera.mixed); a
+        # cache rebuilt from tera_lambda when an adapter is added, loaded, trained or deleted; not state.
+        self._tera_row_tables: dict[str, RowTable] = {}
         # The shared factors live once on the TeraModel; a plain (unregistered) reference keeps them out of this
         # layer's state dict and out of `.to()` twice.
         object.__setattr__(self, "_tera_shared", None)
@@ -180,8 +184,10 @@ class TeraLayer(BaseTunerLayer):
         )
 
     def release_merged_cache(self) -> None:
-        """Drop the kept ``W + dW`` of every adapter (cache_merged_weight); the next forward rebuilds it."""
+        """Drop the kept ``W + dW`` of every adapter (cache_merged_weight) and the mixed-batch tables; the next forward
+        rebuilds what it needs."""
         self._tera_merged_cache.clear()
+        self._tera_row_tables.clear()
 
     def _cache_key(self, adapter_name: str, dtype: torch.dtype, device: torch.device) -> tuple:
         """What the kept ``W + dW`` depends on: every in-place update (an optimizer step, ``load_state_dict``) bumps a
@@ -255,10 +261,15 @@ class Linear(nn.Module, MergeByDeltaWeight, TeraLayer):
         self.update_layer(adapter_name, shared, plan, config, group=group)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)  # injected by TeraModel's hook for mixed-adapter batches
+        if adapter_names is not None:
+            check_forward_args(self, x, adapter_names)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return mixed_batch_forward(self, x, adapter_names, *args, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
         active = [name for name in self.active_adapters if name in self.tera_lambda]

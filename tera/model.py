@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_VERA_TARGET_MODULES_MAPPING
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from .config import TeraConfig
 from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
 from .layer import IDENTITY_SUFFIX, Linear, TeraLayer, core_key, factor_group, factor_key
+from .mixed import check_adapter_names
 from .tensorize import TensorPlan, plan_for_weight
 from .tuners_utils import linear_base
 
@@ -195,6 +201,37 @@ class TeraModel(BaseTuner):
             if isinstance(module, TeraLayer):
                 module.release_merged_cache()
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """Hand ``adapter_names`` of ``PeftModel.forward`` / ``generate`` to every TeRA layer (and modules_to_save
+        wrapper), as PEFT's LoRA does: without this hook PEFT drops the argument and every row would silently run
+        through the active adapter.  Inference only, like PEFT; each layer then runs one contraction per factor
+        group (tera.mixed)."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        resident = {name for m in self.model.modules() if isinstance(m, TeraLayer) for name in m.tera_lambda}
+        check_adapter_names(adapter_names, resident)
+        num_beams = kwargs.get("num_beams")
+        expanded = adapter_names
+        if isinstance(num_beams, int) and num_beams > 1:
+            if not isinstance(adapter_names, (list, tuple)):
+                raise TypeError(f"Got adapter names of type {type(adapter_names)}, expected a list of str.")
+            # Beam search repeats every input num_beams times; an encoder still sees the inputs once.
+            expanded = [name for name in adapter_names for _ in range(num_beams)]
+        handles = _inject_adapter_names(self.model, expanded)
+        encoder = _get_encoder(self.model)
+        if expanded is not adapter_names and encoder is not None:
+            handles += _inject_adapter_names(encoder, adapter_names)  # registered later, so it runs last and wins
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter, and free the shared factors that no remaining adapter uses."""
         super().delete_adapter(adapter_name)
@@ -252,6 +289,26 @@ class TeraModel(BaseTuner):
         )
         tuner._verify_load(adapter_name, config, remapped, in_file)
         return remapped
+
+
+def _inject_adapter_names(module: nn.Module, adapter_names: Sequence[str]) -> list:
+    """Forward pre-hooks passing ``adapter_names`` to every TeRA layer and modules_to_save wrapper under ``module``."""
+
+    def hook(target: nn.Module, args: tuple, kwargs: dict, names: Sequence[str]) -> tuple[tuple, dict]:
+        kwargs["adapter_names"] = names
+        return args, kwargs
+
+    return [
+        sub.register_forward_pre_hook(partial(hook, names=adapter_names), with_kwargs=True)
+        for sub in module.modules()
+        if isinstance(sub, (TeraLayer, AuxiliaryTrainingWrapper))
+    ]
+
+
+def _get_encoder(model: nn.Module) -> nn.Module | None:
+    """The encoder of an encoder-decoder model, else None (transformers v5 returns the model itself then)."""
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    return None if encoder is model else encoder
 
 
 def _find_tuner(model: nn.Module) -> TeraModel:
