@@ -53,6 +53,7 @@ METHODS: dict[str, ConfigFactory | None] = {
     # The suite's earlier layout under its own name: both sides in balanced modes, far cheaper frozen factors.
     "tera-balanced": lambda **kw: tera.TeraConfig(**{"layout": "balanced", **kw}),
     "lora": LoraConfig,
+    "lora-r32": lambda **kw: LoraConfig(**{"r": 32, "lora_alpha": 64, **kw}),  # the paper's LoRA rows
     "dora": lambda **kw: LoraConfig(use_dora=True, **kw),
     "vera": VeraConfig,
     "hira": HiraConfig,  # r=32 (conf/method/hira.yaml), the paper's high-rank HiRA

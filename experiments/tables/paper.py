@@ -10,6 +10,7 @@ import pandas as pd
 
 from experiments.records import naming
 from experiments.tables import plots
+from experiments.tables.published import published_section
 from experiments.tables.render import (
     RecordSet,
     document,
@@ -121,7 +122,13 @@ def render_accuracy(spec: TableSpec, found: RecordSet) -> tuple[str, pd.DataFram
     notes += [*match_notes, *found.notes()]
     reference = spec.reference["column"] if spec.reference else None
     keys = row_keys(spec)
-    return render_rows(rows, keys, spec.columns, spec.title, used, spec.show_frozen, reference, notes)
+    markdown, frame = render_rows(rows, keys, spec.columns, spec.title, used, spec.show_frozen, reference, notes)
+    if spec.paper:  # every printed cell of the paper beside ours (the first variant's rows: the paper's setting)
+        first = [row for row in rows if row["variant"] == spec.variants[0].label]
+        labels = [column.label for column in spec.columns if column.label in spec.paper_labels]
+        section = published_section(spec.paper, first, labels)
+        markdown = f"{markdown.rstrip()}\n\n## Beside the paper\n\n{section}\n"
+    return markdown, frame
 
 
 def _method_name(entry: str | dict[str, Any]) -> str:

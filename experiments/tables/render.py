@@ -264,6 +264,7 @@ def summarise(frame: pd.DataFrame, keys: list[str], columns: list[Column]) -> li
             if found
             else None,
             "frozen_factor_values": found[0].get("frozen_factor_values") if found else None,
+            "total_params": found[0].get("total_params") if found else None,  # the adapted model's, trained included
             "median_rank": statistics.median(ranks) if ranks else None,
             "train_seconds": statistics.fmean(seconds) if seconds else None,
             "runs_found": len(found),

@@ -14,6 +14,8 @@ Keys of a spec (and of each entry of its ``tables`` list, which inherits the res
   ``values`` by model and method), ``show_frozen`` (a column of the frozen random values each adapter keeps);
 - ``records``: the folder under ``results/runs`` (default ``<name>[-smoke]``), ``out``: the table's file name under
   ``results`` (default the same);
+- ``paper``: the paper's printed cells, ``source`` and ``values`` by model, method and column label (``%`` for its
+  share of trained parameters): rendered beside ours with the difference, before any run exists;
 - ``caption``: lines shown first under the table, what a reader must know (e.g. a pinned variant and why);
 - ``targets`` (properties tables): the modules to adapt, per model (``{model: [names]}``; a model not named uses its
   own default); a properties grid's ``method`` entries may be ``{name, method, peft}``: a named variant of a
@@ -45,7 +47,7 @@ from experiments.tables.render import Column
 SPECS = Path(__file__).resolve().parents[1] / "specs"  # the table declarations, one YAML each
 GRID_KEYS = ("model", "task", "method", "seed")
 KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
-KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption"}
+KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption", "paper"}
 VARIANT_KEYS = {"label", "overrides", "methods", "name", "run_name"}
 TUNE_KEYS = {"steps", "holdout", "metric", "lr_factors", "records", "out"}
 
@@ -97,6 +99,13 @@ class TableSpec:
     tune: TuneOptions = field(default_factory=TuneOptions)
     caption: list[str] = field(default_factory=list)  # lines shown first under the table (what a reader must know)
     targets: dict[str, list[str]] | None = None  # properties tables: modules to adapt per model (else its default)
+    paper: dict[str, Any] | None = None  # the paper's printed cells by model, method and column label
+
+    @property
+    def paper_labels(self) -> set[str]:
+        """The column labels the paper prints a figure for."""
+        values = (self.paper or {}).get("values") or {}
+        return {label for methods in values.values() for cells in methods.values() for label in cells}
 
     @property
     def tag(self) -> str:
@@ -187,7 +196,7 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
             k: raw[k] for k in ("name", "kind", "variants", "show_frozen", "run_name", "targets", "caption") if k in raw
         }
         kept["tune"] = {k: v for k, v in (raw.get("tune") or {}).items() if k not in ("records", "out")}
-        raw = {**kept, "reference": None, **raw["smoke"]}
+        raw = {**kept, "reference": None, "paper": None, **raw["smoke"]}
     parts = raw.pop("tables", None) or [{}]
     raw.pop("smoke", None)
     specs = [parse_spec(_merge(raw, part), smoke) for part in parts]
@@ -258,7 +267,21 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         tune=tune,
         targets=_targets(name, raw.get("targets")),
         caption=_caption(name, raw.get("caption")),
+        paper=_paper(name, raw.get("paper")),
     )
+
+
+def _paper(table: str | None, raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    values = raw.get("values") if isinstance(raw, dict) else None
+    if not isinstance(values, dict) or not raw.get("source"):
+        raise SpecError(f"Table {table}: paper takes a source and values by model, method and column label.")
+    for model, methods in values.items():
+        for method, cells in (methods or {}).items():
+            if not isinstance(cells, dict) or not all(isinstance(v, (int, float)) for v in cells.values()):
+                raise SpecError(f"Table {table}: paper values of {model} {method} map column labels to numbers.")
+    return raw
 
 
 def _caption(table: str | None, raw: Any) -> list[str]:

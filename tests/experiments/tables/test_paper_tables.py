@@ -49,9 +49,12 @@ def test_every_declared_spec_parses_and_names_real_choices():
                 assert set(spec.grid["model"]) <= models and set(spec.grid["task"]) <= tasks
                 assert spec.columns and spec.runs()
             assert spec.records_dir.endswith("-smoke") == smoke and spec.out_name.endswith("-smoke") == smoke
-    [table2] = load_tables("table2")
-    assert table2.reference["values"]["llama2-7b"]["dora"] == 79.7
-    assert load_tables("table2", smoke=True)[0].reference is None  # published figures are not about offline models
+    table2, extended = load_tables("table2")
+    assert table2.paper["values"]["llama2-7b"]["tera"]["Avg"] == 78.63 and extended.paper is None
+    assert conf_methods(table2)[:3] == ["prompt-tuning", "p-tuning", "lora-r32"] and table2.grid["seed"] == list(
+        range(5)
+    )
+    assert load_tables("table2", smoke=True)[0].paper is None  # published figures are not about offline models
     assert len(load_tables("table5", smoke=True)[0].variants) == len(load_tables("table5")[0].variants)
 
 
@@ -463,3 +466,40 @@ def test_table1_counts_the_whole_published_models_and_names_variants(tmp_path):
     second = json.loads((tmp_path / f"{naming.properties_name('lora', model)}.json").read_text())
     assert first["targets"] == ["q_proj"] and second["targets"] == ["q_proj", "v_proj"]
     assert second["trainable_params"] > first["trainable_params"]
+
+
+def test_paper_cells_render_beside_ours_with_the_difference(tmp_path):
+    """A spec's paper section: three lines per model and method, the paper's, ours (or "to run"), and the difference;
+    the paper's % beside ours (trained over the adapted model's parameters)."""
+    paper = {"source": "a paper, Table 9", "values": {"m1": {"tera": {"%": 0.5, "A": 60.0}, "lora": {"A": 70.0}}}}
+    spec = parse_spec(
+        {
+            "name": "t9",
+            "title": "Against the paper",
+            "grid": {"model": ["m1"], "task": ["suite/a"], "method": ["tera", "lora"], "seed": [0, 1]},
+            "columns": [{"metric": "test_accuracy", "label": "A"}],
+            "paper": paper,
+        }
+    )
+    for seed, accuracy in ((0, 0.62), (1, 0.64)):
+        _record(tmp_path, f"tera-suite-a-m1-s{seed}", accuracy, 50, "tera", seed=seed)
+    for path in tmp_path.glob("tera-*.json"):
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"total_params": 10_000}))
+    text = write_spec_table(spec, tmp_path, tmp_path / "t9")
+    section = text.split("## Beside the paper")[1]
+    lines = {(r["method"], r[""]): r for r in markdown_rows(section)}
+    assert (lines[("tera", "paper")]["%"], lines[("tera", "paper")]["A"]) == ("0.5000", "60.00")
+    assert (lines[("tera", "ours")]["%"], lines[("tera", "ours")]["A"]) == ("0.5000", "63.00 ± 1.41")
+    assert lines[("tera", "ours - paper")]["A"] == "+3.00" and lines[("tera", "ours - paper")]["%"] == "+0.0000"
+    assert lines[("lora", "ours")]["A"] == "to run" and lines[("lora", "ours - paper")]["A"] == ""
+    assert "ours minus the paper's A: mean +3.00 over 1 rows" in section and "Paper: a paper, Table 9" in section
+    with pytest.raises(SpecError, match="paper values of m1 tera map column labels to numbers"):
+        parse_spec(
+            {
+                "name": "t9",
+                "title": "x",
+                "grid": spec.grid,
+                "columns": [{"metric": "test_accuracy", "label": "A"}],
+                "paper": {"source": "s", "values": {"m1": {"tera": {"A": "sixty"}}}},
+            }
+        )
