@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.reproduce.sweep import LAUNCHERS, ROOT, completed_runs, launch, table_commands
+from experiments.reproduce.sweep import LAUNCHERS, ROOT, completed_runs, launch, pending_configs, table_commands
 from experiments.tables.paper import render_spec
 from experiments.tables.specs import SpecError, TableSpec, available, load_tables
 
@@ -87,6 +87,10 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
                 render_spec(spec, args.results)
             return 1
     if args.dry_run:
+        from experiments.reproduce.estimate import describe, estimate
+
+        configs = pending_configs(specs, args.results, args.extra, done)
+        print("\n".join(describe(estimate(configs), label)))
         return 0
     for spec in specs:
         print(render_spec(spec, args.results))

@@ -11,6 +11,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from experiments.records import naming
 from experiments.tables.specs import Run, TableSpec
@@ -101,6 +102,25 @@ def completed_runs(specs: list[TableSpec], results: Path, extra: list[str]) -> t
                 except (ComposeError, *USER_ERRORS):
                     continue  # run.py will say what is wrong with it
     return done, legacy, total
+
+
+def pending_configs(
+    specs: list[TableSpec], results: Path, extra: list[str], done: set[tuple[str, str]]
+) -> list[tuple[Run, Any]]:
+    """(run, composed config) of every run still to do, for estimates; runs that do not compose are left out (run.py
+    will say what is wrong with them)."""
+    from experiments.run.compose import ComposeError, composer
+
+    own = [e for e in extra if not e.startswith(("hydra.", "hydra/"))]
+    configs = []
+    with composer() as compose:
+        for spec in specs:
+            for run in (r for r in spec.runs() if run_key(r) not in done):
+                try:
+                    configs.append((run, compose([*run.overrides(results / "runs" / spec.records_dir), *own])))
+                except ComposeError:
+                    continue
+    return configs
 
 
 def launch(commands: list[list[str]], folders: set[Path], dry_run: bool, go_on_after_failed_runs: bool = True) -> bool:
