@@ -20,7 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.reproduce.sweep import LAUNCHERS, ROOT, completed_runs, launch, pending_configs, table_commands
+from experiments.reproduce.sweep import (
+    LAUNCHERS,
+    ROOT,
+    completed_runs,
+    launch,
+    log_table,
+    pending_configs,
+    table_commands,
+)
 from experiments.tables.paper import render_spec
 from experiments.tables.specs import SpecError, TableSpec, available, load_tables
 
@@ -94,6 +102,7 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
         return 0
     for spec in specs:
         print(render_spec(spec, args.results))
+        log_table(args.results, spec, args.extra)
     folders = ", ".join(sorted({str(args.results / "runs" / spec.records_dir) for spec in specs}))
     print(f"{label}: {time.perf_counter() - started:.0f} s; records in {folders}")
     return 0

@@ -20,9 +20,42 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = ("basic", "submitit_local", "slurm")
 
 
-def logger_args(extra: list[str]) -> list[str]:
-    """Reproduction sweeps log nowhere unless the command line names a logger."""
-    return [] if any(a.startswith("logger=") for a in extra) else ["logger=none"]
+def logger_args(extra: list[str], group: str) -> list[str]:
+    """Reproduction sweeps log to W&B (offline without an API key), every run of one table in one group named after
+    it; ``logger=none`` on the command line turns it off, ``logger.group=...`` names another group."""
+    named = next((a.removeprefix("logger=") for a in extra if a.startswith("logger=")), "wandb")
+    if named != "wandb" or any(a.startswith("logger.group=") for a in extra):
+        return [] if any(a.startswith("logger=") for a in extra) else ["logger=wandb"]
+    return [*([] if any(a.startswith("logger=") for a in extra) else ["logger=wandb"]), f"logger.group={group}"]
+
+
+def wandb_settings(extra: list[str], group: str) -> dict[str, Any] | None:
+    """The W&B logger settings a table's runs get (``conf/logger/wandb.yaml`` with the ``logger.<key>=...`` overrides
+    and the table's group), or None when the command line turns logging off."""
+    args = [*logger_args(extra, group), *extra]
+    if next(a for a in args if a.startswith("logger=")) != "logger=wandb":
+        return None
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "conf" / "logger" / "wandb.yaml").read_text())
+    for override in args:
+        if override.startswith("logger."):
+            key, value = override.removeprefix("logger.").split("=", 1)
+            settings[key] = yaml.safe_load(value)
+    return settings
+
+
+def log_table(results: Path, spec: TableSpec, extra: list[str]) -> None:
+    """The rendered table (its CSV) as a W&B table in the table's group, when logging is on."""
+    settings = wandb_settings(extra, spec.tag)
+    csv = results / f"{spec.out_name}.csv"
+    if settings is None or not csv.exists():
+        return
+    import pandas as pd
+
+    from experiments.run.tracking import log_tables
+
+    log_tables(settings, spec.out_name, {"table": pd.read_csv(csv)}, [spec.title, *spec.caption])
 
 
 def multirun_commands(
@@ -46,7 +79,7 @@ def multirun_commands(
         command = [sys.executable, "run.py", "-m", f"model={model}", f"task={task}"]
         command += [f"method={','.join(methods)}", f"seed={','.join(map(str, seeds))}"]
         command += [*spec.overrides, *variant.overrides, f"output_dir={output_dir}", f"run_name={run_name}"]
-        command += logger_args(extra)
+        command += logger_args(extra, spec.tag)
         if launcher != "basic":
             command.append(f"hydra/launcher={launcher}")
         commands.append(command + extra)
@@ -93,7 +126,8 @@ def completed_runs(specs: list[TableSpec], results: Path, extra: list[str]) -> t
             for run in spec.runs():
                 total += 1
                 try:
-                    cfg = compose([*run.overrides(results / "runs" / spec.records_dir), *logger_args(extra), *own])
+                    overrides = run.overrides(results / "runs" / spec.records_dir)
+                    cfg = compose([*overrides, *logger_args(extra, spec.tag), *own])
                     if finished_record(plan_run(cfg)) is not None:
                         done.add(run_key(run))
                     elif legacy_record(cfg) is not None:

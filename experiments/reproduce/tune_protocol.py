@@ -26,7 +26,7 @@ from typing import Any
 
 from experiments.records import naming
 from experiments.records.read import is_complete, read_record
-from experiments.reproduce.sweep import launch, logger_args, multirun_commands, unique
+from experiments.reproduce.sweep import launch, logger_args, multirun_commands, unique, wandb_settings
 from experiments.reproduce.tuning import (
     Cell,
     Setting,
@@ -37,7 +37,7 @@ from experiments.reproduce.tuning import (
     search_space,
     write_report,
 )
-from experiments.run.compose import CONF, ComposeError, composer
+from experiments.run.compose import ComposeError, composer
 from experiments.tables import plots
 from experiments.tables.paper import render_spec
 from experiments.tables.specs import Run, TableSpec, Variant
@@ -229,7 +229,7 @@ def trial_commands(
         fixed = _without([*spec.overrides, *plan.variant.overrides], own)
         command = [sys.executable, "run.py", "-m", f"model={plan.model}", f"task={plan.task}", f"method={plan.method}"]
         command += [f"seed={plan.seed}", *fixed, *plan.trial_overrides, *sweeps, f"output_dir={output_dir}"]
-        command += [f"run_name={plan.trial_name_template()}", "skip_failed=true", *logger_args(extra)]
+        command += [f"run_name={plan.trial_name_template()}", "skip_failed=true", *logger_args(extra, spec.tag)]
         if launcher != "basic":
             command.append(f"hydra/launcher={launcher}")
         commands.append(command + _without(extra, own))
@@ -345,7 +345,7 @@ def render(spec: TableSpec, plans: list[CellPlan], found: list[Cell], results: P
     )
     write_report(results / f"{table.out_name}-tuning", spec.title, found, table.caption[0], cost)
     plots.tuning_curves(found, spec.title, results / "plots" / f"{table.out_name}-lr.png")
-    logger = _wandb_settings(extra)
+    logger = wandb_settings(extra, spec.tag)
     if logger is not None:
         import pandas as pd
 
@@ -363,20 +363,6 @@ def _matched(spec: TableSpec, folder: Path) -> list[dict[str, Any]]:
     from experiments.tables.render import read_records
 
     return list(match_runs(spec, read_records(folder, warn=False))[0].values()) if folder.is_dir() else []
-
-
-def _wandb_settings(extra: list[str]) -> dict[str, Any] | None:
-    """The W&B logger settings the table's runs get (``logger=wandb`` and ``logger.<key>=...`` overrides), or None."""
-    if "logger=wandb" not in extra:
-        return None
-    import yaml
-
-    settings = yaml.safe_load((CONF / "logger" / "wandb.yaml").read_text())
-    for override in extra:
-        if override.startswith("logger."):
-            key, value = override.removeprefix("logger.").split("=", 1)
-            settings[key] = yaml.safe_load(value)
-    return settings
 
 
 def run(

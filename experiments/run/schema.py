@@ -46,12 +46,24 @@ class TrainSettings(_Section):
     weight_decay: Real = Field(ge=0)
     head_lr: Real = Field(gt=0)
     eval_every: Whole | None = Field(None, ge=1)
+    # Test the state of the best validation evaluation instead of the last step's: the main metric's highest value,
+    # or the lowest validation loss (the training loss on the validation split)
+    keep_best: Literal["metric", "loss"] | None = None
     max_eval_examples: Whole | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     max_grad_norm: Real | None = Field(None, gt=0)
     gradient_checkpointing: bool = False
     checkpoint_every: Whole = Field(200, ge=0)
     checkpoint_minutes: Real = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _keep_best_needs_evaluations(self) -> TrainSettings:
+        if self.keep_best is not None and self.eval_every is None:
+            raise ValueError(
+                f"train.keep_best={self.keep_best} chooses among the validation evaluations of every train.eval_every "
+                f"steps, but train.eval_every is null; set it (e.g. train.eval_every=80) or drop train.keep_best"
+            )
+        return self
 
 
 class EvalSettings(_Section):
@@ -67,6 +79,7 @@ class LoggerSettings(_Section):
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     dir: str | None = None
+    group: str | None = None  # one W&B group per reproduced table
 
 
 class ModelSettings(_Section):
@@ -405,6 +418,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
     top = {k: v for k, v in raw.items() if k not in sections}
     settings = _check(RunSettings, {**top, **sections}, "")
     _check_compatible(settings)
+    _check_keep_best(settings)
     _check_virtual_tokens(settings)
     _check_method(settings)
     return settings
@@ -419,6 +433,26 @@ def _check_compatible(settings: RunSettings) -> None:
             f"Task {task.suite}/{task.name} needs {wanted}, but model={model.name} is {article} {model.kind}; "
             f"pick another model or task."
         )
+
+
+def _check_keep_best(settings: RunSettings) -> None:
+    """``train.keep_best`` chooses on a validation split. A classification task always has one (read or carved); a
+    decoder task only where its own files give a validation file beside the test file, or ``task.tune_holdout``
+    holds part of train out: its evaluated items are the test figures and must not choose."""
+    task, keep_best = settings.task, settings.train.keep_best
+    if keep_best is None or task.kind != "causal" or task.tune_holdout is not None:
+        return
+    from experiments.tasks.decoder.sources import CUSTOM_SOURCES
+
+    custom = task.train_on[0] in CUSTOM_SOURCES
+    if custom and {"validation", "test"} <= set(task.data_files or {}):
+        return
+    files = " (or give task.data_files a validation file beside the test file)" if custom else ""
+    raise ConfigError(
+        f"train.keep_best={keep_best} chooses a step on a validation split, but task {task.suite}/{task.name} has none "
+        f"(its evaluated items are the test figures); hold part of train out with ++task.tune_holdout=0.1{files}, or "
+        f"drop train.keep_best."
+    )
 
 
 def _check_virtual_tokens(settings: RunSettings) -> None:

@@ -30,6 +30,7 @@ class Tracker:
             config=config,
             mode=_mode(logger_cfg.get("mode", "auto")),
             dir=logger_cfg.get("dir") or None,
+            group=logger_cfg.get("group") or None,
             reinit="finish_previous",
         )
 
