@@ -15,10 +15,11 @@ Notation: ``dW = scale * G x_1 U_1 ... x_N U_N`` reshaped to ``d_out x d_in`` wi
   the intermediates: one contraction for the rows of every adapter sharing the factors (mixed-adapter batches).
 
 On CPU the merged path writes its weight-sized temporaries (the chain's intermediates, ``W + dW``, the weighted
-core-sized product) into a per-thread :class:`Scratch` of reused buffers instead of fresh allocations: glibc hands
-out blocks that large with ``mmap``, so every fresh one costs page faults and zero-filling, per layer and pass. The
-buffers are shared by every layer (a few of the largest adapted weight's size, not one per layer), so the memory rule
-holds; :func:`release_scratch` frees them.  CUDA's caching allocator already reuses blocks, so CUDA skips this.
+core-sized product, ``g^T x`` where the lambda gradients go through it) into a per-thread :class:`Scratch` of reused
+buffers instead of fresh allocations: glibc hands out blocks that large with ``mmap``, so every fresh one costs page
+faults and zero-filling, per layer and pass. The buffers are shared by every layer (a few of the largest adapted
+weight's size, not one per layer), so the memory rule holds; :func:`release_scratch` frees them.  CUDA's caching
+allocator already reuses blocks, so CUDA skips this.
 """
 
 from __future__ import annotations
@@ -228,6 +229,27 @@ def _leave_one_out(tensor: torch.Tensor, vectors: Sequence[torch.Tensor]) -> lis
     return grads
 
 
+def _projection_macs(modes: Sequence[int], ranks: Sequence[int]) -> int:
+    """Multiply-adds of projecting one row (``prod(modes)`` values) onto factors of these ranks, mode by mode."""
+    shape, total = list(modes), 0
+    for k, rank in enumerate(ranks):
+        total += math.prod(shape) * rank
+        shape[k] = rank
+    return total
+
+
+def _weight_first(plan: TensorPlan, tokens: int) -> bool:
+    """Whether ``A_out^T (g^T x) A_in`` costs fewer multiply-adds than ``(g A_out)^T (x A_in)`` for this many tokens."""
+    out_row = _projection_macs(plan.out_modes, plan.out_ranks)
+    in_row = _projection_macs(plan.in_modes, plan.in_ranks)
+    rows, cols = math.prod(plan.out_ranks), math.prod(plan.in_ranks)
+    tokens_first = tokens * (out_row + in_row + rows * cols)
+    weight_first = (
+        tokens * plan.d_out * plan.d_in + plan.d_in * out_row + rows * _projection_macs(plan.in_modes, plan.in_ranks)
+    )
+    return weight_first < tokens_first
+
+
 def rank_lambda_grads(
     plan: TensorPlan,
     x2: torch.Tensor,
@@ -238,18 +260,28 @@ def rank_lambda_grads(
     scale: float,
 ) -> list[torch.Tensor]:
     """``dL/dlambda_n`` of every mode for rank-side diagonals, from the layer's input rows ``x2`` and output gradient
-    rows ``g2``, without ``g^T x`` or any ``d_out x d_in`` tensor.
+    rows ``g2``: without ``g^T x`` or any ``d_out x d_in`` tensor where the tokens are few, through ``g^T x`` where
+    that is cheaper (many tokens against a whole-side factor, :func:`_weight_first`).
 
     With ``dW = scale * (G o L) x_n A_n`` (``L`` the outer product of the lambdas), ``dL/d(G o L) = scale *
     (g A_out)^T (x A_in)``: project ``g`` and ``x`` onto the frozen factors (token-sized, cheap), one core-sized matmul,
     then weight by ``G`` and contract with every other mode's lambdas.
     """
     p = plan.num_out_modes
-    g_proj = project(g2, plan.out_modes, [a.t() for a in factors[:p]])  # tokens x prod(R_out)
-    x_proj = project(x2, plan.in_modes, [a.t() for a in factors[p:]])  # tokens x prod(R_in)
-    rows, cols = g_proj.shape[1], x_proj.shape[1]
-    buffer = scratch().take("weighted", rows * cols, g_proj.dtype, g_proj.device) if uses_scratch(g_proj) else None
-    weighted = torch.mm(g_proj.t(), x_proj, out=_view(buffer, rows, cols)).mul_(core.reshape(rows, cols))
+    out_mats, in_mats = [a.t() for a in factors[:p]], [a.t() for a in factors[p:]]
+    rows, cols = math.prod(plan.out_ranks), math.prod(plan.in_ranks)
+    if _weight_first(plan, g2.shape[0]):
+        # Many tokens and a whole side (the paper's layout): g^T x once (tokens x d_out x d_in), then project its two
+        # sides onto the factors, instead of projecting every token onto a d x d factor (tokens x d x d).
+        buffer = scratch().take("g_x", plan.d_out * plan.d_in, g2.dtype, g2.device) if uses_scratch(g2) else None
+        product = torch.mm(g2.t(), x2, out=_view(buffer, plan.d_out, plan.d_in))  # d_out x d_in
+        left = project(product.t(), plan.out_modes, out_mats).t()  # prod(R_out) x d_in
+        weighted = project(left.contiguous(), plan.in_modes, in_mats).mul_(core.reshape(rows, cols))
+    else:
+        g_proj = project(g2, plan.out_modes, out_mats)  # tokens x prod(R_out)
+        x_proj = project(x2, plan.in_modes, in_mats)  # tokens x prod(R_in)
+        buffer = scratch().take("weighted", rows * cols, g_proj.dtype, g_proj.device) if uses_scratch(g_proj) else None
+        weighted = torch.mm(g_proj.t(), x_proj, out=_view(buffer, rows, cols)).mul_(core.reshape(rows, cols))
     lams = [cast(lam, weighted.dtype) for lam in lambdas]
     by_out = (weighted @ kron(lams[p:])).reshape(plan.out_ranks)
     by_in = (kron(lams[:p]) @ weighted).reshape(plan.in_ranks)

@@ -78,8 +78,10 @@ def path_costs(plan: TensorPlan, tokens: int, training: bool, device_type: str, 
         # factorised: core forward + core input-gradient; factor steps forward, input-gradient and lambda-gradient.
         factorised = 2 * core + 3 * steps
         # merged: the chain and W + dW in forward and again in backward, then the lambda gradients: input and
-        # output gradient projected onto the factors and one core-sized matmul (contraction.rank_lambda_grads).
-        merged = 2 * chain + 2 * add + core + steps
+        # output gradient projected onto the factors and one core-sized matmul, or g^T x and the factors applied to
+        # its two sides, whichever is cheaper (contraction.rank_lambda_grads).
+        through_gx = _matmul(plan.d_out, tokens, plan.d_in, elem_bytes, speed) + _chain(plan, elem_bytes, speed)
+        merged = 2 * chain + 2 * add + min(core + steps, through_gx)
     else:
         factorised = core + steps
         merged = chain + add

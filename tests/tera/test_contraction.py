@@ -142,3 +142,22 @@ def test_cost_model_prefers_merged_for_full_core_and_many_tokens():
     assert choose_path(full, tokens=4096, training=True, device_type="cuda", elem_bytes=2) == MERGED
     assert choose_path(full, tokens=1, training=False, device_type="cuda", elem_bytes=2) == FACTORISED
     assert choose_path(shrunk, tokens=4096, training=True, device_type="cuda", elem_bytes=2) == FACTORISED
+
+
+@pytest.mark.parametrize("tokens", [4, 400])
+def test_lambda_gradients_agree_in_both_contraction_orders(tokens):
+    """Few tokens project every token onto the factors; many tokens against a whole side go through g^T x first
+    (cheaper for the paper's layout): both give the float64 reference's lambda gradients."""
+    from tera.contraction import _weight_first
+
+    plan, core, factors, lambdas = _operands(dict(d_out=48, d_in=24), "rank")
+    assert plan.out_modes == (48,) and _weight_first(plan, tokens) == (tokens == 400)
+    weight = torch.randn(48, 24, dtype=torch.float64)
+    x = torch.randn(tokens, 24, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(tokens, 48, dtype=torch.float64)
+    expected = _grads(
+        reference_linear(x, weight, None, plan, core, factors, lambdas, "rank", 0.7), x, lambdas, upstream
+    )
+    got = _grads(merged_linear(plan, x, weight, None, core, factors, lambdas, "rank", 0.7), x, lambdas, upstream)
+    for have, want in zip(got, expected):
+        torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-10)
