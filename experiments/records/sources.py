@@ -5,6 +5,7 @@
 - a file inside an installed package: ``<distribution>==<version>:<file within the package>`` (every clone and
   virtual environment that installs the same release reads the same bytes);
 - a hub dataset or model: ``hub:<id>[/<config>][:<split>][@<revision>]``;
+- a file of a public repository at one commit: ``github:<owner>/<name>@<commit>:<path>`` (the commit fixes the bytes);
 - a local model folder: the digests of its weight, config and tokenizer files, by file name.
 
 Digests of files over 64 MiB are kept in ``<cache>/file-digests.json`` by absolute path, size and modification time,
@@ -117,6 +118,11 @@ def distribution_version(distribution: str) -> str:
 def hub(name: str, config: str | None = None, split: str | None = None, revision: str | None = None) -> str:
     text = f"hub:{name}" + (f"/{config}" if config else "") + (f":{split}" if split else "")
     return text + (f"@{revision}" if revision else "")
+
+
+def repository_file(repo: str, commit: str, path: str) -> str:
+    """A file of a public GitHub repository at one commit (LLM-Adapters' test sets): the commit fixes its bytes."""
+    return f"github:{repo}@{commit}:{path}"
 
 
 def model_folder(folder: str | Path) -> dict[str, str]:

@@ -1,22 +1,25 @@
 """Reading a decoder task: every part its plan names (``plan.py``), converted to items, with the split rules: a custom
-task's carved evaluation split, a tuning trial's held-out share, GSM8K's offline stand-in."""
+task's carved evaluation split, a tuning trial's held-out share, the validation items ``task.validation_size`` carves
+from the training data (the paper's 120 Commonsense170K examples that choose the checkpoint), GSM8K's offline
+stand-in. Files in LLM-Adapters' schema (instruction, input, output, answer) are read as such wherever a choice task's
+file is expected (``llm_adapters.py``)."""
 
 from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from experiments.errors import DataUnavailable
-from experiments.tasks.decoder import offline
+from experiments.tasks.decoder import llm_adapters, offline
 from experiments.tasks.decoder.custom import custom_fields
 from experiments.tasks.decoder.plan import Part, hub_split, plan_parts
 from experiments.tasks.decoder.prompts import mc_target
 from experiments.tasks.decoder.sources import Item, Source, convert_rows, source
-from experiments.tasks.files import carve, carved_note, read_local
+from experiments.tasks.files import Rows, carve, carved_note, read_local
 
 
 @dataclass
@@ -25,7 +28,9 @@ class DecoderData:
     evaluation: dict[str, list[Item]]  # per evaluated task: what the test figures are computed on
     kinds: dict[str, str]  # per evaluated task: "choice" | "math"
     provenance: dict[str, str]  # where each part came from, for the record
-    validation: dict[str, list[Item]] = field(default_factory=dict)  # a custom task's validation, beside its test
+    # Items that choose a checkpoint, never reported as test: a custom task's validation file beside its test file, a
+    # tuning trial's held-out share, or the items task.validation_size carves from the training data
+    validation: dict[str, list[Item]] = field(default_factory=dict)
     test_is_validation: bool = False
     test_is_validation_reason: str | None = None
     validation_carved: dict[str, Any] | None = None
@@ -93,7 +98,29 @@ class _Reader:
             return held, f"OFFLINE STAND-IN: held-out {src.name} {src.eval_split} items"
         if part.origin == "installed":
             return src.offline_eval(), f"{src.name} {src.eval_split} (installed package {src.offline_package})"
-        return list(hub_split(src, part.split)), f"hub {src.hub_path} {part.split}"
+        if part.origin == "github":
+            path = llm_adapters.local_copy(llm_adapters.TEST_FILES[src.name], src.name)
+            return read_local(path), f"LLM-Adapters {part.path} at commit {llm_adapters.COMMIT[:12]} ({path})"
+        at = f" at revision {part.revision}" if part.revision else ""
+        return list(hub_split(src, part.split, revision=part.revision)), f"hub {src.hub_path} {part.split}{at}"
+
+
+def _converter(src: Source, rows: list[Mapping]) -> Callable[[Mapping], Item] | None:
+    """LLM-Adapters' row converter where a choice task's file is in LLM-Adapters' schema; else the source's own."""
+    if src.kind == "choice" and llm_adapters.is_llm_adapters(rows):
+        return partial(llm_adapters.choice_row, task_words=llm_adapters.TASK_WORDS.get(src.name))
+    return None
+
+
+@dataclass
+class _TrainPart:
+    """One training part as read: its rows, where they came from and how a row becomes an item."""
+
+    role: str
+    src: Source
+    rows: list[Mapping]
+    where: str
+    convert: Callable[[Mapping], Item] | None
 
 
 def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
@@ -101,27 +128,107 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
     parts = plan_parts(task)
     if source(parts[0].source).custom:
         return _load_custom(task, source(parts[0].source), {p.role: p.path for p in parts})
+    if task.get("validation_size") and task.get("tune_holdout"):
+        raise DataUnavailable(
+            "task.validation_size and task.tune_holdout both hold training items out to choose a checkpoint; set one."
+        )
     reader = _Reader(task)
     eval_names = list(task["evaluate_on"])
     provenance: dict[str, str] = {}
-    train_rows: list[Item] = []
     evaluation: dict[str, list[Item]] = {}
-    validation: dict[str, list[Item]] = {}  # tuning trials only: items held out of train (task.tune_holdout)
-    notes: list[str] = []
+    pool: list[_TrainPart] = []
     for part in parts:
         src = source(part.source)
         rows, where = reader.read(part)
+        convert = _converter(src, rows)
+        where += " (LLM-Adapters' schema)" if convert else ""
         provenance[part.role] = where
-        items = convert_rows(src, rows, where)
         if part.role.startswith("eval/"):
-            evaluation[src.name] = _with_ids(src.name, items)
-            continue
-        if task.get("tune_holdout") and src.name in eval_names:
-            items, held = tune_holdout(task, src.name, items, where, provenance, notes)
-            validation[src.name] = _with_ids(src.name, held)
-        train_rows += [training_example(item) for item in items]
+            evaluation[src.name] = _with_ids(src.name, convert_rows(src, rows, where, convert))
+        else:
+            pool.append(_TrainPart(part.role, src, rows, where, convert))
+    notes: list[str] = []
+    if task.get("validation_size"):
+        train_rows, validation, carved = carve_validation(task, pool, provenance, notes)
+    else:
+        (train_rows, validation), carved = _train_items(task, pool, provenance, notes), None
     kinds = {n: source(n).kind for n in eval_names}
-    return DecoderData(train_rows, evaluation, kinds, provenance, validation=validation, notes=notes)
+    kinds |= {n: "choice" if "answers" in items[0] else "math" for n, items in validation.items() if items}
+    return DecoderData(
+        train_rows, evaluation, kinds, provenance, validation=validation, validation_carved=carved, notes=notes
+    )
+
+
+def _train_items(
+    task: Mapping[str, Any], pool: list[_TrainPart], provenance: dict[str, str], notes: list[str]
+) -> tuple[list[Item], dict[str, list[Item]]]:
+    """Every training part as training examples; a tuning trial (``task.tune_holdout``) holds a share of each
+    evaluated task's training items out as its validation items."""
+    train: list[Item] = []
+    validation: dict[str, list[Item]] = {}
+    for part in pool:
+        name = part.src.name
+        items = convert_rows(part.src, part.rows, part.where, part.convert)
+        if task.get("tune_holdout") and name in task["evaluate_on"]:
+            items, held = tune_holdout(task, name, items, part.where, provenance, notes)
+            validation[name] = _with_ids(name, held)
+        train += [training_example(item) for item in items]
+    return train, validation
+
+
+def carve_validation(
+    task: Mapping[str, Any], pool: list[_TrainPart], provenance: dict[str, str], notes: list[str]
+) -> tuple[list[Item], dict[str, list[Item]], dict[str, Any]]:
+    """``task.validation_size`` rows drawn from all training rows together with ``task.split_seed`` (a uniform draw,
+    as the paper's 120 from Commonsense170K), removed from training and kept as validation items, per training
+    source, scored like test items against their answers."""
+    size, split_seed = int(task["validation_size"]), int(task.get("split_seed") or 0)
+    for part in pool:
+        if part.src.kind == "instruct" and part.src.name not in llm_adapters.MIXTURES:
+            raise DataUnavailable(
+                f"task.validation_size scores its items against their answers, but {part.src.name} rows "
+                f"({part.src.schema}) carry no answer word to score; use train.keep_best=loss on a task whose rows do."
+            )
+    total = sum(len(part.rows) for part in pool)
+    if size >= total:
+        raise DataUnavailable(
+            f"task.validation_size={size} would carve all {total} training rows, leaving none to train on; set it "
+            f"below {total}."
+        )
+    order = list(range(total))
+    random.Random(split_seed).shuffle(order)  # the split seed, not the run's: every seed of a sweep sees one split
+    held, offset = set(order[:size]), 0
+    train: list[Item] = []
+    validation: dict[str, list[Item]] = {}
+    for part in pool:
+        chosen = [i for i in range(len(part.rows)) if i + offset in held]
+        kept = [i for i in range(len(part.rows)) if i + offset not in held]
+        offset += len(part.rows)
+        items = convert_rows(part.src, _subset(part.rows, kept, part.where), part.where, part.convert)
+        train += [training_example(item) for item in items]
+        if chosen:
+            convert = llm_adapters.choice_row if part.src.kind == "instruct" else part.convert
+            rows = _subset(part.rows, chosen, part.where)
+            validation[part.src.name] = _with_ids(part.src.name, convert_rows(part.src, rows, part.where, convert))
+            provenance[part.role] += f", less the {len(chosen)} validation items"
+            provenance[f"validation/{part.src.name}"] = (
+                f"{len(chosen)} items carved from {part.where} (task.validation_size={size}, "
+                f"task.split_seed={split_seed})"
+            )
+    counts = ", ".join(f"{name}: {len(items)}" for name, items in validation.items())
+    notes.append(
+        f"validation: {size} of the {total} training items ({counts}), carved with task.validation_size={size} and "
+        f"task.split_seed={split_seed} and removed from training; they, never the test items, choose a checkpoint"
+    )
+    return train, validation, {"size": size, "seed": split_seed, "rows": size, "of": total}
+
+
+def _subset(rows: list[Mapping], indices: list[int], where_from: str) -> Rows:
+    """The rows at ``indices``, each still able to say where it is in its file (or hub split)."""
+    if isinstance(rows, Rows):
+        lines = [rows.lines[i] if rows.lines is not None else i + 1 for i in indices]
+        return Rows([rows[i] for i in indices], rows.source, lines, rows.unit)
+    return Rows([rows[i] for i in indices], where_from, [i + 1 for i in indices])
 
 
 def tune_holdout(
@@ -145,6 +252,11 @@ def _load_custom(task: Mapping[str, Any], src: Source, files: Mapping[str, str])
     """A user's own items (``task=custom/choice`` or ``custom/math``) under the split rules of every custom task: the
     test file is evaluated when given, else the validation file, else a fixed-seed share of train carved off; the
     test figures of a run without a test file are the validation split's, and the record says so."""
+    if task.get("validation_size"):
+        raise DataUnavailable(
+            f"Task {task['name']} reads your own files: give a validation file, or carve a share of train with "
+            f"task.validation_share, instead of task.validation_size."
+        )
     name, convert = src.name, partial(src.convert, fields=custom_fields(task))
     if src.name == "custom_choice":
         convert = partial(convert, answer_format=task.get("answer_format") or "auto")

@@ -164,7 +164,8 @@ SOURCES: dict[str, Source] = {
             None,
             "train",
             None,
-            schema="instruction, input (may be empty), output (the response, e.g. 'the correct answer is true')",
+            schema="instruction, input (may be empty), output (the response, e.g. 'the correct answer is true'), "
+            "answer (the answer word, e.g. true; read only for the items task.validation_size carves)",
         ),
         Source(
             "gsm8k",
