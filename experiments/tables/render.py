@@ -1,8 +1,7 @@
 """Render a results table (Markdown and CSV) from run records: mean ± std over seeds, parameters, median rank.
 
 The one table path: records are read and grouped into rows here (pandas), then rendered as Markdown
-(``DataFrame.to_markdown``, through tabulate) and CSV (``DataFrame.to_csv``). Declared tables (``experiments/specs``,
-via ``paper_tables``) and this command line for any folder of records both end here.
+(``DataFrame.to_markdown``) and CSV (``DataFrame.to_csv``); declared tables (``experiments/specs``) end here too.
 
 python -m experiments.tables results/runs/sentiment-minilm --out results/sentiment_minilm --title "..."
 python -m experiments.tables results/runs/decoder-smollm2-tera-lr --out /tmp/lr --metric test_average_lmeval_acc \
@@ -287,10 +286,10 @@ def cell_text(values: list[float], expected: int) -> str:
 
 def _rank(row: dict[str, Any]) -> str:
     if row["median_rank"] is None:
-        if row.get("method") in VIRTUAL_TOKEN_METHODS:  # Prompt Tuning, P-Tuning: no adapted weight, no dW
-            return "n/a"
-        full = row.get("method") in METHODS and trains_every_weight(row["method"])
-        return "full FT" if full and row["runs_found"] else "—"
+        if row.get("method") in VIRTUAL_TOKEN_METHODS:
+            return "n/a"  # Prompt Tuning, P-Tuning: no adapted weight, no dW
+        full = row.get("method") in METHODS and trains_every_weight(row["method"]) and row["runs_found"]
+        return "full FT" if full else "—"
     return f"{row['median_rank']:g}"
 
 
