@@ -62,7 +62,11 @@ class Family:
         raise NotImplementedError
 
     def periodic_evaluation(self, model: nn.Module, tokenizer: Any, data: Any, device: torch.device, log) -> Callable:
-        """The function the loop calls every ``train.eval_every`` steps, or None."""
+        """The function the loop calls every ``train.eval_every`` steps (and at the last one with ``train.keep_best``),
+        or None. Given the step, it returns the evaluation point: ``validation`` (the metrics, shaped as in
+        :meth:`evaluate`), ``main_metric`` and ``main_value`` (the name and value of the one metric ``keep_best=metric``
+        maximises) and ``validation_loss`` (the training loss on the validation split, which ``keep_best=loss``
+        minimises); the last three where the family computed them."""
         return None
 
     def evaluate(self, model: nn.Module, tokenizer: Any, data: Any, device: torch.device, steps: int) -> Evaluation:

@@ -15,16 +15,20 @@ from torch import nn
 from experiments.errors import DataUnavailable
 from experiments.evaluation.generation import evaluate_by_generation
 from experiments.evaluation.lmeval import evaluate_with_lm_eval
+from experiments.evaluation.loss import answer_loss
 from experiments.families.base import Evaluation, Family
 from experiments.models.loading import load_model
 from experiments.run.loop import parameter_groups
-from experiments.tasks.decoder import DecoderData, fingerprint, load_decoder_task
+from experiments.tasks.decoder import DecoderData, fingerprint, load_decoder_task, training_example
 from experiments.tasks.decoder.batching import bucketed_batches, collate, tokenize_example
 
 
-def evaluate_all(model, tokenizer, data: DecoderData, eval_cfg, folder: Path) -> tuple[dict[str, dict], dict]:
-    """Every evaluated task under the chosen protocol(s); metric names say which protocol produced them."""
-    protocol = eval_cfg.protocol
+def evaluate_all(
+    model, tokenizer, data: DecoderData, eval_cfg, folder: Path, protocol: str | None = None
+) -> tuple[dict[str, dict], dict]:
+    """Every evaluated task under the chosen protocol(s) (``eval.protocol`` unless ``protocol`` says); metric names
+    say which protocol produced them."""
+    protocol = protocol or eval_cfg.protocol
     metrics: dict[str, dict[str, float]] = {name: {} for name in data.evaluation}
     samples: dict = {}
     common = dict(batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, limit=eval_cfg.limit)
@@ -38,6 +42,38 @@ def evaluate_all(model, tokenizer, data: DecoderData, eval_cfg, folder: Path) ->
         for name, row in values.items():
             metrics[name].update({k if k == "n" else f"llmadapters_{k}": v for k, v in row.items()})
     return metrics, samples
+
+
+# The metric train.keep_best=metric maximises on a decoder task, per protocol and task kind: accuracy, and GSM8K's
+# strict exact match (the answer after "####" / "The answer is") under lm-eval, the extracted number's under
+# LLM-Adapters.
+MAIN_KEYS = {
+    ("lm-eval", "choice"): "lmeval_acc",
+    ("lm-eval", "math"): "lmeval_exact_match_strict",
+    ("llm-adapters", "choice"): "llmadapters_gen_acc",
+    ("llm-adapters", "math"): "llmadapters_gen_exact_match",
+}
+
+
+def validation_protocol(protocol: str) -> str:
+    """The one protocol a periodic validation runs: ``both`` chooses by LLM-Adapters' generation scoring, the paper
+    lineage's (Table 2's), and keeps lm-eval as a second reading of the test only."""
+    return "lm-eval" if protocol == "lm-eval" else "llm-adapters"
+
+
+def main_metric(
+    per_task: dict[str, dict[str, float]], kinds: dict[str, str], protocol: str
+) -> tuple[str, float | None]:
+    """The name and value of the validation metric keep_best maximises: the task's main metric, or their mean over
+    several validated tasks (``average_<metric>``)."""
+    keys = {task: MAIN_KEYS[(protocol, kinds[task])] for task in per_task}
+    values = [per_task[task].get(key) for task, key in keys.items()]
+    value = None if any(v is None for v in values) else statistics.fmean(values)
+    if len(keys) == 1:
+        [(task, key)] = keys.items()
+        return f"{task}_{key}", value
+    same = len(set(keys.values())) == 1
+    return f"average_{next(iter(keys.values()))}" if same else "average_main_metric", value
 
 
 def flatten(metrics: dict[str, dict[str, float]], split: str = "test") -> dict[str, float]:
@@ -110,6 +146,40 @@ class CausalFamily(Family):
         lengths = [len(f["input_ids"]) for f in features]
         batches = bucketed_batches(lengths, self.cfg.train.batch_size, self.cfg.seed)
         return batches, lambda indices: collate([features[i] for i in indices], tokenizer.pad_token_id, device)
+
+    def periodic_evaluation(self, model, tokenizer, data: DecoderData, device, log):
+        """Validation only, never the evaluated (test) items: a custom task's validation file, or the share of train
+        ``task.tune_holdout`` holds out. The loss always (one forward pass over the items); the main metric unless
+        ``train.keep_best=loss`` (a generation per item is the expensive part)."""
+        if not data.validation:
+            return None
+        max_length, keep_best = self.cfg.train.max_length, self.cfg.train.get("keep_best")
+        features = [
+            tokenize_example(tokenizer, pair["prompt"], pair["target"], max_length)
+            for items in data.validation.values()
+            for pair in map(training_example, items[: self.cfg.eval.limit or None])
+        ]
+        protocol = validation_protocol(self.cfg.eval.protocol)
+        only = dataclasses.replace(data, evaluation=data.validation)
+
+        def on_eval(step: int) -> dict[str, Any]:
+            cache = model.config.use_cache
+            batch = self.cfg.eval.batch_size
+            point: dict[str, Any] = {
+                "validation_loss": answer_loss(model, features, tokenizer.pad_token_id, device, batch)
+            }
+            if keep_best != "loss":
+                model.config.use_cache = True  # generation; training goes on with the model's setting
+                with tempfile.TemporaryDirectory(prefix="lm-eval-tasks-") as folder:
+                    per_task, _ = evaluate_all(model, tokenizer, only, self.cfg.eval, Path(folder), protocol)
+                name, value = main_metric(per_task, data.kinds, protocol)
+                point |= {"validation": per_task, "main_metric": name, "main_value": value}
+            model.config.use_cache = cache
+            values = flatten(point.get("validation", {}), "validation") | {"validation_loss": point["validation_loss"]}
+            log({k.replace("_", "/", 1): v for k, v in values.items()}, step)
+            return point
+
+        return on_eval
 
     def evaluate(self, model, tokenizer, data: DecoderData, device, steps: int) -> Evaluation:
         model.config.use_cache = True

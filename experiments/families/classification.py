@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from baselines import trains_every_weight
+from experiments.evaluation.metrics import compute
 from experiments.families.base import Evaluation, Family
 from experiments.models.loading import load_model
-from experiments.run.loop import encode, evaluate, labels_of, parameter_groups, shuffled_batches
+from experiments.run.loop import encode, labels_of, parameter_groups, predict, shuffled_batches
 from experiments.tasks.classification import TaskData, load_task, task_fingerprint
 
 
@@ -75,30 +76,35 @@ class ClassificationFamily(Family):
 
         return shuffled_batches(len(train), self.cfg.train.batch_size, self.cfg.seed), make_batch
 
-    def _evaluate(self, model, tokenizer, examples, device, desc: str) -> dict[str, float]:
-        return evaluate(
+    def _evaluate(self, model, tokenizer, examples, device, desc: str, with_loss: bool = False):
+        """The metrics of ``examples`` and, ``with_loss``, their mean loss (None otherwise)."""
+        predictions, loss = predict(
             model,
             tokenizer,
             examples,
-            metrics=list(self.data.metrics if self.data is not None else self.cfg.task.metrics),
             max_length=self.cfg.train.max_length,
             batch_size=self.cfg.train.eval_batch_size,
             regression=self.regression,
             device=device,
             desc=desc,
+            with_loss=with_loss,
         )
+        metrics = list(self.data.metrics if self.data is not None else self.cfg.task.metrics)
+        return compute(metrics, predictions, [e["label"] for e in examples]), loss
 
     def periodic_evaluation(self, model, tokenizer, data: TaskData, device, log):
         def on_eval(step: int) -> dict[str, Any]:
-            values = self._evaluate(model, tokenizer, data.validation, device, "validation")
-            log({f"validation/{k}": v for k, v in values.items()}, step)
-            return {"validation": values}
+            # The loss comes from the same forward passes as the metrics: it costs nothing, so it is always there.
+            values, loss = self._evaluate(model, tokenizer, data.validation, device, "validation", with_loss=True)
+            log({**{f"validation/{k}": v for k, v in values.items()}, "validation/loss": loss}, step)
+            main = data.main_metric
+            return {"validation": values, "main_metric": main, "main_value": values.get(main), "validation_loss": loss}
 
         return on_eval
 
     def evaluate(self, model, tokenizer, data: TaskData, device, steps: int) -> Evaluation:
-        validation = self._evaluate(model, tokenizer, data.validation, device, "validation")
-        test = validation if data.test_is_validation else self._evaluate(model, tokenizer, data.test, device, "test")
+        validation, _ = self._evaluate(model, tokenizer, data.validation, device, "validation")
+        test = validation if data.test_is_validation else self._evaluate(model, tokenizer, data.test, device, "test")[0]
         return Evaluation(
             evaluations=[{"step": steps, "validation": validation, "test": test}],
             final_metrics={
@@ -112,6 +118,16 @@ class ClassificationFamily(Family):
         )
 
     def data_warnings(self, data: TaskData) -> list[str]:
+        # keep_best on a task whose test figures are its validation split (GLUE) picks the step by the figure it
+        # reports, as the LoRA/VeRA GLUE protocol does; allowed, but a reader must know (task.tune_holdout avoids it).
+        chosen = (
+            ["train.keep_best chooses the step on the validation split, which is also the reported test split"]
+            if self.cfg.train.get("keep_best") and data.test_is_validation
+            else []
+        )
+        return chosen + self._class_warnings(data)
+
+    def _class_warnings(self, data: TaskData) -> list[str]:
         # A warning, not a refusal: a small debugging subset can be one-class and the run is still well defined (the
         # model learns the prior); but its accuracy says nothing about the method, and the reader must know that.
         classes = {e["label"] for e in data.train}

@@ -32,6 +32,12 @@ def _without(section: Any, keys: set[str]) -> Any:
     return {k: v for k, v in section.items() if k not in keys} if isinstance(section, dict) else section
 
 
+def _unset_new_keys(train: Any) -> set[str]:
+    """Train settings added after records existed, at the value that computes what runs computed before them: left
+    out, so every earlier run keeps its id (``keep_best: null`` tests the last step, as every run did)."""
+    return {"keep_best"} if isinstance(train, dict) and train.get("keep_best") is None else set()
+
+
 def _unused_budget_keys(train: Any) -> set[str]:
     """The budget settings a run does not use (``run/budget.py``): an explicit ``max_steps`` wins over the epochs,
     and the epochs over ``default_steps``."""
@@ -56,7 +62,8 @@ def _unused_rates(config: dict[str, Any]) -> set[str]:
 def signature_settings(config: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
     """The settings of ``config`` that decide what a run computes (no paths, loggers or speed switches)."""
     kept = {k: v for k, v in config.items() if k not in NOT_IN_SIGNATURE and k != "hydra"}
-    kept["train"] = _without(kept.get("train", {}), NOT_IN_TRAIN_SIGNATURE | _unused_budget_keys(kept.get("train")))
+    train = kept.get("train", {})
+    kept["train"] = _without(train, NOT_IN_TRAIN_SIGNATURE | _unused_budget_keys(train) | _unset_new_keys(train))
     kept["model"] = _without(kept.get("model", {}), NOT_IN_MODEL_SIGNATURE)
     kept["task"] = _without(kept.get("task", {}), NOT_IN_TASK_SIGNATURE)
     if isinstance(kept.get("method"), dict):  # a search space is not what a run computes; the values it sets are

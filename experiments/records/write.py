@@ -110,6 +110,30 @@ def adapter_fields(model: torch.nn.Module, method: str) -> dict[str, Any]:
     }
 
 
+def selection_fields(result: Any) -> dict[str, Any]:
+    """``validation_curve``: per periodic evaluation its step, main validation metric and validation loss (where
+    computed); with ``train.keep_best``, ``chosen_step`` (the step whose state the final evaluation tested; None when
+    no evaluation had a value and the last step's was) and ``chosen_by`` (keep_best, the metric, its value there,
+    where the state was kept). ``result`` is the run's ``TrainResult`` (None: no training)."""
+    if result is None:
+        return {}
+    curve = []
+    for point in result.evaluations:
+        row: dict[str, Any] = {"step": point["step"]}
+        if point.get("main_metric"):
+            row[point["main_metric"]] = point.get("main_value")
+        if "validation_loss" in point:
+            row["loss"] = point["validation_loss"]
+        if len(row) > 1:
+            curve.append(row)
+    fields: dict[str, Any] = {"validation_curve": curve} if curve else {}
+    if result.selection is not None:
+        selection = result.selection
+        fields["chosen_step"] = result.chosen_step
+        fields["chosen_by"] = {"keep_best": selection["by"], **{k: v for k, v in selection.items() if k != "by"}}
+    return fields
+
+
 def strict_json(value: Any, _path: tuple[int, ...] = ()) -> Any:
     """``value`` with every non-finite float (NaN, inf) as None: records are strict JSON, which has no NaN."""
     if isinstance(value, float):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from transformers import get_linear_schedule_with_warmup
 from experiments.errors import RunFailed
 from experiments.evaluation.metrics import compute
 from experiments.run import distributed
-from experiments.run.checkpoints import Checkpointer, PreemptionGuard
+from experiments.run.checkpoints import BestState, Checkpointer, PreemptionGuard
 from experiments.run.progress import Progress
 from experiments.tasks.classification import Example
 
@@ -36,6 +39,33 @@ def labels_of(examples: Sequence[Example], regression: bool, device: torch.devic
 
 
 @torch.no_grad()
+def predict(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[Example],
+    max_length: int,
+    batch_size: int,
+    regression: bool,
+    device: torch.device,
+    desc: str = "eval",
+    with_loss: bool = False,
+) -> tuple[list, float | None]:
+    """Predictions of ``model`` on ``examples`` and, ``with_loss``, its mean loss over them from the same forward
+    passes: the training loss (cross-entropy, or mean squared error for regression)."""
+    model.eval()
+    predictions: list = []
+    total = 0.0
+    starts = range(0, len(examples), batch_size)
+    for start in Progress(starts, len(starts), desc, leave=False):
+        chunk = examples[start : start + batch_size]
+        labels = {"labels": labels_of(chunk, regression, device)} if with_loss else {}
+        output = model(**encode(tokenizer, chunk, max_length, device), **labels)
+        predictions.extend(output.logits.squeeze(-1).tolist() if regression else output.logits.argmax(-1).tolist())
+        if with_loss:
+            total += float(output.loss) * len(chunk)  # the model's loss is a mean over its batch
+    return predictions, (total / max(len(examples), 1) if with_loss else None)
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
@@ -47,13 +77,7 @@ def evaluate(
     device: torch.device,
     desc: str = "eval",
 ) -> dict[str, float]:
-    model.eval()
-    predictions: list = []
-    starts = range(0, len(examples), batch_size)
-    for start in Progress(starts, len(starts), desc, leave=False):
-        chunk = examples[start : start + batch_size]
-        logits = model(**encode(tokenizer, chunk, max_length, device)).logits
-        predictions.extend(logits.squeeze(-1).tolist() if regression else logits.argmax(-1).tolist())
+    predictions, _ = predict(model, tokenizer, examples, max_length, batch_size, regression, device, desc)
     return compute(metrics, predictions, [e["label"] for e in examples])
 
 
@@ -63,6 +87,9 @@ class TrainResult:
     train_seconds: float
     losses: list[float] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    # train.keep_best: the step whose trainable state was restored (None: the last step's state is the model's)
+    chosen_step: int | None = None
+    selection: dict[str, Any] | None = None  # how it was chosen: by, metric, value, where the state was kept
 
 
 def parameter_groups(model: nn.Module, lr: float, head_lr: float | None, head_modules: Sequence[str]):
@@ -105,7 +132,27 @@ def loop_options(train_cfg: Any) -> dict[str, Any]:
         "max_grad_norm": train_cfg.get("max_grad_norm"),
         "warmup_ratio": train_cfg.warmup_ratio,
         "weight_decay": train_cfg.weight_decay,
+        "keep_best": train_cfg.get("keep_best"),
     }
+
+
+def selection_value(point: dict[str, Any], by: str) -> float | None:
+    """What ``train.keep_best`` compares in a periodic evaluation point (``families/base.py`` names the keys)."""
+    return point.get("validation_loss") if by == "loss" else point.get("main_value")
+
+
+def validation_line(point: dict[str, Any], steps: int, kept: bool) -> str:
+    """The log line of one periodic evaluation: ``validation at step 80 of 240: accuracy 0.7900, loss 0.5210``."""
+    parts = [f"{point['main_metric']} {_number(point.get('main_value'))}"] if point.get("main_metric") else []
+    if "validation_loss" in point:
+        parts.append(f"loss {_number(point['validation_loss'])}")
+    return f"validation at step {point['step']} of {steps}: {', '.join(parts) or 'done'}" + (
+        " (best so far, kept)" if kept else ""
+    )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 @dataclass
@@ -118,6 +165,7 @@ class _Options:
     evaluate_fn: Callable[[int], dict[str, Any]] | None
     log_fn: Callable[[int, float], None] | None
     log_every: int
+    keep_best: str | None = None
 
 
 class _Loop:
@@ -143,11 +191,14 @@ class _Loop:
         self.trainable = [p for group in param_groups for p in group["params"]]
         self.result = TrainResult(steps=steps, train_seconds=0.0)
         self.pending: list[torch.Tensor] = []  # step losses still on the device: read them (one sync) when needed
+        self.best: BestState | None = None  # train.keep_best (set by train())
         self.start = time.perf_counter()
 
     def resume(self, batches: Iterator[list[int]]) -> int:
         """The first step to run: after a loaded checkpoint's, else 1."""
         saved = self.checkpoint.load(self.model, self.optimizer, self.scheduler) if self.checkpoint else None
+        if self.best is not None:  # the best so far survives a resume; files no checkpoint names are dropped
+            self.best.load(saved.get("best") if saved else None)
         if saved is None:
             return 1
         self.result.losses, self.result.evaluations = saved["losses"], saved["evaluations"]
@@ -182,8 +233,12 @@ class _Loop:
     def save(self, step: int) -> None:
         elapsed = self.result.train_seconds + time.perf_counter() - self.start
         state = {"losses": self.result.losses, "evaluations": self.result.evaluations, "train_seconds": elapsed}
+        if self.best is not None:
+            state["best"] = self.best.state()
         try:
             self.checkpoint.save(self.model, self.optimizer, self.scheduler, step, state)
+            if self.best is not None:
+                self.best.committed()
         except (OSError, RuntimeError) as err:  # a full disk: the run goes on, only its final record must be written
             print(
                 f"warning: could not save the checkpoint of step {step} to {self.checkpoint.path} ({err}); "
@@ -214,7 +269,7 @@ class _Loop:
     def after_step(self, step: int, bar: Progress, guard: Any) -> None:
         """Read, log, evaluate, checkpoint and answer a preemption signal, each only when due."""
         o, checkpoint = self.options, self.checkpoint
-        evaluating = o.evaluate_fn is not None and o.eval_every and step % o.eval_every == 0 and step < o.steps
+        evaluating = self.evaluation_due(step)
         due = checkpoint is not None and checkpoint.due(step, o.steps)
         logging = step % o.log_every == 0 or step == o.steps
         # On a CPU reading a loss costs nothing: check every step; on an accelerator at the log steps (one sync).
@@ -227,7 +282,7 @@ class _Loop:
             bar.set_loss(sum(self.result.losses[-20:]) / len(self.result.losses[-20:]))
         if evaluating:
             self.result.train_seconds += time.perf_counter() - self.start
-            self.result.evaluations.append({"step": step, **o.evaluate_fn(step)})
+            self.validate(step)
             self.start = time.perf_counter()
         preempted = checkpoint is not None and guard.pending is not None
         if (due or preempted) and distributed.is_main():
@@ -236,6 +291,51 @@ class _Loop:
         if preempted:
             print(f"preemption signal: checkpoint of step {step} saved to {checkpoint.path}", flush=True)
             guard.deliver()  # submitit requeues and exits, or the process ends; if the handler returns, go on
+
+    def evaluation_due(self, step: int) -> bool:
+        # The last step is evaluated by the run's final evaluation, unless keep_best needs it among the candidates.
+        o = self.options
+        periodic = bool(o.eval_every) and step % o.eval_every == 0 and (step < o.steps or bool(o.keep_best))
+        return o.evaluate_fn is not None and (periodic or (bool(o.keep_best) and step == o.steps))
+
+    def catch_up(self, step: int) -> None:
+        """A checkpoint saved after a step's update but before its evaluation ended (Ctrl-C or a crash during it):
+        the model holds that step's state, so evaluate it now; a resumed run then has every point of the curve."""
+        if step >= 1 and self.evaluation_due(step) and all(p["step"] != step for p in self.result.evaluations):
+            self.validate(step)
+
+    def validate(self, step: int) -> None:
+        """One periodic evaluation: into the result, the log and, with keep_best, the best state when it is better."""
+        point = {"step": step, **self.options.evaluate_fn(step)}
+        self.result.evaluations.append(point)
+        best = self.best
+        kept = best is not None and best.offer(self.model, step, selection_value(point, best.by))
+        if distributed.is_main():
+            print(validation_line(point, self.options.steps, kept), flush=True)
+
+    def choose(self) -> None:
+        """keep_best: restore the best step's trainable state, so the final evaluation tests it, and say which."""
+        best, steps = self.best, self.options.steps
+        if best is None:
+            return
+        if best.step is None:
+            print(f"warning: no validation {best.by} had a value; the last step's state ({steps}) is tested")
+        else:
+            best.restore(self.model)
+            what = "loss" if best.by == "loss" else self._metric_name()
+            print(f"keep_best: restored step {best.step} of {steps} (validation {what} {_number(best.value)})")
+        if self.checkpoint is None:  # nothing will resume from here: kept files are done with once restored
+            best.remove()
+        self.result.chosen_step = best.step
+        self.result.selection = {
+            "by": best.by,
+            "metric": "loss" if best.by == "loss" else self._metric_name(),
+            "value": best.value,
+            "kept": "on disk" if best.on_disk else "in memory",
+        }
+
+    def _metric_name(self) -> str | None:
+        return next((p["main_metric"] for p in self.result.evaluations if p.get("main_metric")), None)
 
     def save_on_interrupt(self, done: int, first: int) -> None:
         """Ctrl-C: keep what the finished steps did, so the same command continues from there."""
@@ -265,6 +365,7 @@ def train(
     log_fn: Callable[[int, float], None] | None = None,
     log_every: int = 10,  # losses are read from the device (a sync) only at log, evaluation and checkpoint steps
     checkpoint: Checkpointer | None = None,
+    keep_best: str | None = None,
 ) -> TrainResult:
     """``steps`` optimizer steps of AdamW with linear warm-up and decay, each over ``grad_accum`` micro-batches.
 
@@ -272,10 +373,15 @@ def train(
     Under torchrun each rank takes its slice of every batch (``distributed.py``). With ``checkpoint``, the state is
     saved every ``checkpoint.every`` steps and when a preemption signal arrives (after the step in progress), and a
     run that finds a checkpoint continues from it.
+
+    ``keep_best`` (``"metric"`` or ``"loss"``): ``evaluate_fn`` also runs at the last step, the trainable state of the
+    best evaluation is kept (:class:`BestState`) and restored before returning; ``TrainResult.chosen_step`` says which.
     """
-    options = _Options(steps, device, grad_accum, max_grad_norm, eval_every, evaluate_fn, log_fn, log_every)
+    options = _Options(steps, device, grad_accum, max_grad_norm, eval_every, evaluate_fn, log_fn, log_every, keep_best)
     loop = _Loop(model, param_groups, options, precision, warmup_ratio, weight_decay, checkpoint)
+    scratch = _keep_best(loop, keep_best, checkpoint)
     first = loop.resume(batches)
+    loop.catch_up(first - 1)
     forward = distributed.wrap(model)
     loop.start = time.perf_counter()
     bar = Progress(range(first, steps + 1), steps, "train", initial=first - 1, enabled=distributed.is_main())
@@ -290,9 +396,36 @@ def train(
                 loop.optimizer_step(forward, batches, make_batch)
                 done = step
                 loop.after_step(step, bar, guard)
+        loop.read_losses(steps)
+        loop.result.train_seconds += time.perf_counter() - loop.start
+        loop.choose()
     except KeyboardInterrupt:
         loop.save_on_interrupt(done, first)
         raise
-    loop.read_losses(steps)
-    loop.result.train_seconds += time.perf_counter() - loop.start
+    finally:
+        if scratch is not None:  # a full fine-tuning's best state without a checkpoint folder: a temporary one
+            shutil.rmtree(scratch, ignore_errors=True)
     return loop.result
+
+
+def _keep_best(loop: _Loop, keep_best: str | None, checkpoint: Checkpointer | None) -> Path | None:
+    """Set up ``loop.best`` for ``train.keep_best``; returns a scratch folder to remove at the end, if one was made.
+
+    On disk when most of the model trains (full fine-tuning: a copy of every weight would double the model in memory),
+    beside the checkpoint; in memory otherwise (an adapter's tensors are a small share of the model)."""
+    if not keep_best:
+        return None
+    if loop.options.evaluate_fn is None:
+        if distributed.is_main():  # under torchrun only rank 0 evaluates, and chooses
+            raise ValueError("keep_best needs evaluate_fn (a validation evaluation) and eval_every")
+        return None
+    trainable = sum(p.numel() for p in loop.trainable)
+    on_disk = trainable > sum(p.numel() for p in loop.model.parameters()) / 2
+    scratch = None
+    if checkpoint is not None:
+        stem = checkpoint.path
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="keep-best-")) if on_disk else None
+        stem = (scratch or Path(tempfile.gettempdir())) / "run.pt"
+    loop.best = BestState(keep_best, stem, on_disk)
+    return scratch

@@ -20,7 +20,14 @@ from experiments.families import Family, family_for
 from experiments.models.loading import model_fingerprint
 from experiments.records import identity
 from experiments.records.read import is_complete, is_legacy, legacy_differences, read_record
-from experiments.records.write import adapter_fields, environment, probe_writable, run_identity, write_json_atomic
+from experiments.records.write import (
+    adapter_fields,
+    environment,
+    probe_writable,
+    run_identity,
+    selection_fields,
+    write_json_atomic,
+)
 from experiments.run import distributed
 from experiments.run.budget import plan_budget
 from experiments.run.checkpoints import Checkpointer
@@ -337,6 +344,7 @@ def _run(cfg: DictConfig, plan: RunPlan) -> tuple[dict[str, Any] | None, Path | 
         "budget": run.budget.as_dict(),
         "train_examples_per_step": run.budget.global_batch,  # the global batch (older records: train_tokens_per_step)
         "evaluations": [*(result.evaluations if result else []), *evaluation.evaluations],
+        **selection_fields(result),  # train.keep_best: the validation curve and the step whose state was tested
         "final_metrics": final_metrics,
         "metric_notes": metric_notes,
         **evaluation.fields,

@@ -440,7 +440,8 @@ def _check_keep_best(settings: RunSettings) -> None:
     decoder task only where its own files give a validation file beside the test file, or ``task.tune_holdout``
     holds part of train out: its evaluated items are the test figures and must not choose."""
     task, keep_best = settings.task, settings.train.keep_best
-    if keep_best is None or task.kind != "causal" or task.tune_holdout is not None:
+    carved = getattr(task, "validation_size", None)  # the paper's 120 items, where the task section admits it
+    if keep_best is None or task.kind != "causal" or task.tune_holdout is not None or carved:
         return
     from experiments.tasks.decoder.sources import CUSTOM_SOURCES
 
@@ -448,10 +449,13 @@ def _check_keep_best(settings: RunSettings) -> None:
     if custom and {"validation", "test"} <= set(task.data_files or {}):
         return
     files = " (or give task.data_files a validation file beside the test file)" if custom else ""
+    how = "++task.tune_holdout=0.1"
+    if "validation_size" in type(task).model_fields and not custom:
+        how = f"task.validation_size=120 or {how}"
     raise ConfigError(
         f"train.keep_best={keep_best} chooses a step on a validation split, but task {task.suite}/{task.name} has none "
-        f"(its evaluated items are the test figures); hold part of train out with ++task.tune_holdout=0.1{files}, or "
-        f"drop train.keep_best."
+        f"(its evaluated items are the test figures); hold part of train out with {how}{files}, or drop "
+        f"train.keep_best."
     )
 
 

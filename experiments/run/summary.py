@@ -81,6 +81,37 @@ def truncation_lines(truncated: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def selection_lines(record: dict[str, Any]) -> list[str]:
+    """train.keep_best: ``best step 160 of 240 by validation accuracy 0.8120`` and the curve it was chosen on."""
+    chosen_by, curve = record.get("chosen_by"), record.get("validation_curve") or []
+    if not chosen_by:
+        return []
+    key = chosen_by.get("metric") or "loss"
+    what = f"validation {key}"
+    if record.get("chosen_step") is None:
+        head = f"none: no validation {key} had a value, so the last step's state ({record['steps']}) was tested"
+    else:
+        head = (
+            f"{record['chosen_step']} of {record['steps']} by {what} {_value(chosen_by.get('value'))} "
+            f"(train.keep_best={chosen_by['keep_best']}); the test figures are this step's"
+        )
+    digits = 4 if key == "loss" else 3  # losses move in the fourth decimal where accuracies move in the third
+    points = [f"{row['step']} {_short(row.get(key), digits)}" for row in curve]
+    if len(points) > 12:  # a long run evaluates hundreds of times: the ends and the chosen step's neighbourhood
+        steps = [row["step"] for row in curve]
+        at = steps.index(record["chosen_step"]) if record.get("chosen_step") in steps else len(steps) - 1
+        shown = sorted({0, 1, 2, at - 1, at, at + 1, len(points) - 2, len(points) - 1} & set(range(len(points))))
+        gaps = [points[i] if i == 0 or i - prev == 1 else f"..., {points[i]}" for prev, i in zip([-1, *shown], shown)]
+        points, note = gaps, f" ({len(curve)} evaluations; all in the record's validation_curve)"
+    else:
+        note = ""
+    return [f"best step    {head}", f"curve        {what} at step: {', '.join(points)}{note}"]
+
+
+def _short(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _resumed(record: dict[str, Any]) -> str:
     """After a resume the train time counts the earlier process too, the wall time only this one: say so."""
     if not record.get("resumed_from_step"):
@@ -93,6 +124,7 @@ def _tail(record: dict[str, Any], path: Path) -> list[str]:
     budget = record.get("budget")
     notes = [f"{key} is n/a: {why}" for key, why in (record.get("metric_notes") or {}).items()]
     return [
+        *selection_lines(record),
         *[f"data         {line}" for line in record.get("data_notes") or []],  # e.g. a carved validation split
         *[f"truncated    {line}" for line in truncation_lines(record.get("truncated"))],
         *[f"warning      {line}" for line in [*(record.get("warnings") or []), *notes]],

@@ -67,6 +67,18 @@ MISTAKES = [
     ),
     (["model=tiny-llama", "task=math/gsm8k", "task.evaluate_on=[metamath]"], "task.evaluate_on takes choice or math"),
     (["task.main_metric=f1"], "task.main_metric 'f1' must be one of task.metrics ['accuracy']."),
+    (
+        ["train.keep_best=metric"],
+        "train.keep_best=metric chooses among the validation evaluations of every train.eval_every steps, but "
+        "train.eval_every is null; set it (e.g. train.eval_every=80) or drop train.keep_best.",
+    ),
+    (["train.keep_best=best", "train.eval_every=80"], "train.keep_best should be 'metric' or 'loss', got 'best'."),
+    (["train.keep_best=loss", "train.eval_every=0"], "train.eval_every should be greater than or equal to 1, got 0."),
+    (
+        ["model=tiny-llama", "task=math/gsm8k", "train.keep_best=loss", "train.eval_every=80"],
+        "train.keep_best=loss chooses a step on a validation split, but task math/gsm8k has none (its evaluated items "
+        "are the test figures); hold part of train out with ",
+    ),
 ]
 
 
