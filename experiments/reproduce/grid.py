@@ -102,7 +102,8 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
         return 0
     for spec in specs:
         print(render_spec(spec, args.results))
-        log_table(args.results, spec, args.extra)
+        if not args.render_only:  # a re-render logs nothing: W&B gets a table when its runs were run
+            log_table(args.results, spec, args.extra)
     folders = ", ".join(sorted({str(args.results / "runs" / spec.records_dir) for spec in specs}))
     print(f"{label}: {time.perf_counter() - started:.0f} s; records in {folders}")
     return 0

@@ -417,6 +417,6 @@ def run(
             return 1
     if dry_run:
         return 0
-    for spec, ps, cs in found:
-        say(render(spec, ps, cs, results, extra))
+    for spec, ps, cs in found:  # a re-render logs nothing: W&B gets a table when its runs were run
+        say(render(spec, ps, cs, results, [*extra, "logger=none"] if render_only else extra))
     return 0
