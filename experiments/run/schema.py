@@ -182,6 +182,21 @@ class CausalTaskSettings(_Section):
     # Tuning trials: hold out this share of each evaluated task's training items as its validation split (decoder
     # tasks have none of their own), so the split reported as test never steers the choice
     tune_holdout: Real | None = Field(None, gt=0, lt=1)
+    # Checkpoint choice (train.keep_best): this many training items carved out as the validation split, with
+    # split_seed (the TeRA paper's Table 2: 120 items of Commonsense170K); not with tune_holdout
+    validation_size: Whole | None = Field(None, ge=1)
+    # commonsense/all: the eight test sets as LLM-Adapters ships them (the paper's) or the original hub datasets
+    evaluate_from: Literal["llm-adapters", "original"] | None = None
+    revision: str | None = None  # a hub revision (commit or tag) of the training data, named in the record
+
+    @model_validator(mode="after")
+    def _one_validation_carve(self) -> CausalTaskSettings:
+        if self.validation_size is not None and self.tune_holdout is not None:
+            raise ValueError(
+                f"task.validation_size={self.validation_size} and task.tune_holdout={self.tune_holdout} both carve a "
+                f"validation split out of train; keep one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_sources(self) -> CausalTaskSettings:
@@ -440,8 +455,7 @@ def _check_keep_best(settings: RunSettings) -> None:
     decoder task only where its own files give a validation file beside the test file, or ``task.tune_holdout``
     holds part of train out: its evaluated items are the test figures and must not choose."""
     task, keep_best = settings.task, settings.train.keep_best
-    carved = getattr(task, "validation_size", None)  # the paper's 120 items, where the task section admits it
-    if keep_best is None or task.kind != "causal" or task.tune_holdout is not None or carved:
+    if keep_best is None or task.kind != "causal" or task.tune_holdout is not None or task.validation_size:
         return
     from experiments.tasks.decoder.sources import CUSTOM_SOURCES
 
@@ -449,9 +463,7 @@ def _check_keep_best(settings: RunSettings) -> None:
     if custom and {"validation", "test"} <= set(task.data_files or {}):
         return
     files = " (or give task.data_files a validation file beside the test file)" if custom else ""
-    how = "++task.tune_holdout=0.1"
-    if "validation_size" in type(task).model_fields and not custom:
-        how = f"task.validation_size=120 or {how}"
+    how = "++task.tune_holdout=0.1" if custom else "task.validation_size=120 or ++task.tune_holdout=0.1"
     raise ConfigError(
         f"train.keep_best={keep_best} chooses a step on a validation split, but task {task.suite}/{task.name} has none "
         f"(its evaluated items are the test figures); hold part of train out with {how}{files}, or drop "
