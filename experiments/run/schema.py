@@ -182,11 +182,8 @@ class CausalTaskSettings(_Section):
     # Tuning trials: hold out this share of each evaluated task's training items as its validation split (decoder
     # tasks have none of their own), so the split reported as test never steers the choice
     tune_holdout: Real | None = Field(None, gt=0, lt=1)
-    # Checkpoint choice (train.keep_best): this many training items carved out as the validation split, with
-    # split_seed (the TeRA paper's Table 2: 120 items of Commonsense170K); not with tune_holdout
-    validation_size: Whole | None = Field(None, ge=1)
-    # commonsense/all: the eight test sets as LLM-Adapters ships them (the paper's) or the original hub datasets
-    evaluate_from: Literal["llm-adapters", "original"] | None = None
+    validation_size: Whole | None = Field(None, ge=1)  # items of train carved out to choose a step (keep_best)
+    evaluate_from: Literal["llm-adapters", "original"] | None = None  # commonsense/all's test files: the paper's
     revision: str | None = None  # a hub revision (commit or tag) of the training data, named in the record
 
     @model_validator(mode="after")
