@@ -83,7 +83,7 @@ bench-serving: $(STAMP)  ## what serving many adapters costs (TeRA, LoRA r32; mi
 # The GPU machine has torch, transformers and peft but no Hydra or pydantic and no network: gpu-check-prepare (here)
 # fetches the wheels run.py needs and two tokenizers into .gpu-check/, which the device tool carries.
 GPU_SITE ?= /tmp/gpu-check-site
-gpu-check:  ## the one GPU check (<= 8 min on an H200): TeRA paths vs float64, efficiency at LLaMA-2-7B, run.py on CUDA -> results/gpu-check/
+gpu-check:  ## the one GPU check (<= 10 min on an H200): TeRA paths vs float64, efficiency and serving at LLaMA-2-7B, run.py on CUDA -> results/gpu-check/
 	@if [ -d .gpu-check/wheels ] && ! $(PYTHON) -c "import hydra, pydantic" 2>/dev/null; then \
 	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --target $(GPU_SITE) .gpu-check/wheels/*.whl; fi
 	PYTHONPATH=$(GPU_SITE):$$PYTHONPATH PYTHONUNBUFFERED=1 $(PYTHON) -m experiments.benchmarks.gpu_check
