@@ -60,12 +60,24 @@ def _vs_base(row: dict[str, Any], base: dict[str, Any], kind: str, phase: str) -
         return "-"
 
 
+def machine_note(m: dict[str, Any]) -> tuple[str, bool]:
+    """The machine's load before and during the rounds, and whether other work made it busy."""
+    loads = m["loads"] or [m["load_before"]]
+    line = (
+        f"Machine: 1-minute load {m['load_before']:.2f} before the benchmark, {min(loads):.2f}-{max(loads):.2f} "
+        f"during the rounds, on {m['cores']} cores."
+    )
+    other = m.get("other_cores")
+    if other is None:  # no /proc: the load average, which also counts this benchmark's own process per core
+        return line, max(loads) > m["cores"] + 1
+    return f"{line} Other processes kept {other:.2f} cores busy on average during the rounds.", other > BUSY_CORES
+
+
 def measurement_notes(record: dict[str, Any]) -> list[str]:
     """How the step times were taken, and whether the machine or the spread make them untrustworthy."""
     m = record.get("measurement")
     if not m:
         return []
-    loads = m["loads"] or [m["load_before"]]
     lines = [
         f"Step times: {m['rounds']} rounds; each round runs every method in turn (order rotated by one each round): "
         f"one untimed step, then {m['steps_per_round']} timed steps, each right after a timed step of "
@@ -73,15 +85,9 @@ def measurement_notes(record: dict[str, Any]) -> list[str]:
         "(noise only adds time); a method's step ms is the median over rounds, its ratio the median over rounds of "
         f"(its round time / {m['reference']}'s in the same round), with the interquartile range in brackets.",
         "",
-        f"Machine: 1-minute load {m['load_before']:.2f} before the benchmark, {min(loads):.2f}-{max(loads):.2f} "
-        f"during the rounds, on {m['cores']} cores.",
     ]
-    other = m.get("other_cores")
-    if other is not None:
-        lines[-1] += f" Other processes kept {other:.2f} cores busy on average during the rounds."
-        busy = other > BUSY_CORES
-    else:  # no /proc: the load average, which also counts this benchmark's own process per core
-        busy = max(loads) > m["cores"] + 1
+    machine, busy = machine_note(m)
+    lines.append(machine)
     wide = [r["method"] for r in record["rows"] if r.get("ratio") and _spread(r["ratio"]) > SPREAD_LIMIT]
     if busy:
         lines.append(

@@ -4,11 +4,9 @@ Markdown report."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from experiments.benchmarks.efficiency.rounds import (
     quartiles,
     training_rounds,
 )
-from experiments.benchmarks.efficiency.workers import Worker, child_env
+from experiments.benchmarks.efficiency.workers import Worker, in_worker_processes
 
 
 def default_report(preset: dict[str, Any]) -> Path:
@@ -80,17 +78,7 @@ def _checked_names(preset: dict[str, Any], methods: list[str] | None) -> list[st
 
 def _measure(preset: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """Every method in its own process, for the whole run; the processes are closed however it ends."""
-    env = child_env()
-    with tempfile.TemporaryDirectory() as scratch:
-        preset_file = Path(scratch) / "preset.json"
-        preset_file.write_text(json.dumps(preset))
-        print(f"starting {len(names)} method processes ...", file=sys.stderr, flush=True)
-        workers = [Worker(name, str(preset_file), env, Path(scratch)) for name in names]
-        try:
-            return _phases(preset, workers)
-        finally:
-            for bench in workers:
-                bench.close()
+    return in_worker_processes(preset, names, Worker, _phases, "method processes")
 
 
 def _phases(preset: dict[str, Any], workers: list[Worker]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,21 @@ class Worker:
 def child_env() -> dict[str, str]:
     """This environment with the project root first on PYTHONPATH: what a child process of the suite needs."""
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def in_worker_processes(
+    preset: dict[str, Any], names: list[str], worker: Callable[..., Any], phases: Callable[..., Any], what: str
+) -> Any:
+    """``phases(preset, workers)`` with every name in its own ``worker`` process for the whole run (clean
+    peak-memory counters); the processes are closed however it ends."""
+    env = child_env()
+    with tempfile.TemporaryDirectory() as scratch:
+        preset_file = Path(scratch) / "preset.json"
+        preset_file.write_text(json.dumps(preset))
+        print(f"starting {len(names)} {what} ...", file=sys.stderr, flush=True)
+        workers = [worker(name, str(preset_file), env, Path(scratch)) for name in names]
+        try:
+            return phases(preset, workers)
+        finally:
+            for bench in workers:
+                bench.close()

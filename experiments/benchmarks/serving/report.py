@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from experiments.benchmarks.efficiency.report import BUSY_CORES, SPREAD_LIMIT
+from experiments.benchmarks.efficiency.report import SPREAD_LIMIT, machine_note
 from experiments.benchmarks.efficiency.rounds import INFERENCE_KINDS, INFERENCE_PAIRS
 from experiments.benchmarks.serving.goals import targets
 from experiments.benchmarks.serving.rounds import MERGED
@@ -72,7 +72,6 @@ def _header(record: dict[str, Any]) -> list[str]:
 def _measurement(record: dict[str, Any]) -> list[str]:
     """How the times were taken, and whether the machine or the spread make them untrustworthy."""
     m, preset = record["measurement"], record["preset"]
-    loads = m["loads"] or [m["load_before"]]
     pairs = m.get("pairs") or INFERENCE_PAIRS
     lines = [
         f"Times: {m['rounds']} rounds; each round runs every method in turn (order rotated by one each round), and "
@@ -82,15 +81,9 @@ def _measurement(record: dict[str, Any]) -> list[str]:
         "on one adapter (per round, both through their ratios to the base model), with the interquartile range "
         f"in brackets. Decode: the median time per generated token of the whole batch, after one step.",
         "",
-        f"Machine: 1-minute load {m['load_before']:.2f} before the benchmark, {min(loads):.2f}-{max(loads):.2f} "
-        f"during the rounds, on {m['cores']} cores.",
     ]
-    other = m.get("other_cores")
-    if other is not None:
-        lines[-1] += f" Other processes kept {other:.2f} cores busy on average during the rounds."
-        busy = other > BUSY_CORES
-    else:
-        busy = max(loads) > m["cores"] + 1
+    machine, busy = machine_note(m)
+    lines.append(machine)
     wide = sorted(
         {
             r["method"]

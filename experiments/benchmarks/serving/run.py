@@ -5,15 +5,13 @@ and write the JSON record, the Markdown report and the plot."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from experiments.benchmarks.efficiency.rounds import ask
-from experiments.benchmarks.efficiency.workers import child_env
+from experiments.benchmarks.efficiency.workers import in_worker_processes
 from experiments.benchmarks.serving.plot import draw
 from experiments.benchmarks.serving.presets import ROOT, checked_names
 from experiments.benchmarks.serving.report import render
@@ -68,17 +66,7 @@ def _measure_and_write(
 
 def _measure(preset: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """Every method and the base model in its own process, for the whole run; closed however it ends."""
-    env = child_env()
-    with tempfile.TemporaryDirectory() as scratch:
-        preset_file = Path(scratch) / "preset.json"
-        preset_file.write_text(json.dumps(preset))
-        print(f"starting {len(names)} processes (the base model and each method) ...", file=sys.stderr, flush=True)
-        workers = [ServingWorker(name, str(preset_file), env, Path(scratch)) for name in names]
-        try:
-            return _phases(preset, workers)
-        finally:
-            for bench in workers:
-                bench.close()
+    return in_worker_processes(preset, names, ServingWorker, _phases, "processes (the base model and each method)")
 
 
 def _say(message: str) -> None:
