@@ -82,6 +82,7 @@ class TeraLayer(BaseTunerLayer):
         # Per factor group, the stacked per-row vectors of its adapters for mixed-adapter batches (tera.mixed); a
         # cache rebuilt from tera_lambda when an adapter is added, loaded, trained or deleted; not state.
         self._tera_row_tables: dict[str, RowTable] = {}
+        self._tera_tables_checked: dict | None = None  # set within one forward / generate call (tera.mixed)
         # The shared factors live once on the TeraModel; a plain (unregistered) reference keeps them out of this
         # layer's state dict and out of `.to()` twice.
         object.__setattr__(self, "_tera_shared", None)

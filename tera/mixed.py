@@ -9,13 +9,16 @@ group's resident adapters.  Rows naming ``"__base__"``, or an adapter this layer
 
 The table (:class:`RowTable`, one per layer and group) is a cache, not state: the adapters' ``tera_lambda``
 parameters stay the storage, so state dicts and saving are unchanged.  It is keyed on the adapters and the version
-counters of their diagonals, so adding, loading, training or deleting an adapter rebuilds it.
+counters of their diagonals, so adding, loading, training or deleting an adapter rebuilds it.  That key walks every
+resident adapter, so it is checked once per ``forward`` / ``generate`` call (:func:`trusting_tables`), not once per
+layer call: with thousands of resident adapters a per-token check would cost more than the contraction.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +100,32 @@ def _vectors(table: RowTable) -> tuple[torch.Tensor | None, ...]:
     return table.in_rank, table.out_rank, table.in_mode, table.out_mode
 
 
+@contextmanager
+def trusting_tables(layers: Sequence[Any]) -> Iterator[None]:
+    """Within one ``forward`` / ``generate`` call no adapter is added, loaded, trained or deleted, so a table found
+    current on its first use in the call is reused for the rest of it without walking the adapters again."""
+    for layer in layers:
+        layer._tera_tables_checked = {}
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._tera_tables_checked = None
+
+
 def row_table(layer: Any, group: str, dtype: torch.dtype, device: torch.device) -> RowTable:
     """The stacked table of ``group`` on ``layer``: the kept one when still current, else built (and kept)."""
+    checked = getattr(layer, "_tera_tables_checked", None)
+    call_key = (group, dtype, device, torch.is_inference_mode_enabled())
+    if checked is not None and call_key in checked and not torch.is_grad_enabled():
+        return checked[call_key]
+    table = _current_table(layer, group, dtype, device)
+    if checked is not None and not torch.is_grad_enabled():
+        checked[call_key] = table
+    return table
+
+
+def _current_table(layer: Any, group: str, dtype: torch.dtype, device: torch.device) -> RowTable:
     names = [name for name, g in layer.tera_factor_group.items() if g == group]
     lambdas = [layer.tera_lambda[name] for name in names]
     # An optimizer step or load_state_dict bumps a version, a new adapter or a deleted one changes the names; a

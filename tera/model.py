@@ -19,7 +19,7 @@ from torch import nn
 from .config import TeraConfig
 from .factors import SharedFactors, adapter_checksum, checksum, generate_factors
 from .layer import IDENTITY_SUFFIX, Linear, TeraLayer, core_key, factor_group, factor_key
-from .mixed import check_adapter_names
+from .mixed import check_adapter_names, trusting_tables
 from .tensorize import TensorPlan, plan_for_weight
 from .tuners_utils import linear_base
 
@@ -213,8 +213,8 @@ class TeraModel(BaseTuner):
             return
         if self.training:
             raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
-        resident = {name for m in self.model.modules() if isinstance(m, TeraLayer) for name in m.tera_lambda}
-        check_adapter_names(adapter_names, resident)
+        layers = [m for m in self.model.modules() if isinstance(m, TeraLayer)]
+        check_adapter_names(adapter_names, {name for layer in layers for name in layer.tera_lambda})
         num_beams = kwargs.get("num_beams")
         expanded = adapter_names
         if isinstance(num_beams, int) and num_beams > 1:
@@ -227,7 +227,8 @@ class TeraModel(BaseTuner):
         if expanded is not adapter_names and encoder is not None:
             handles += _inject_adapter_names(encoder, adapter_names)  # registered later, so it runs last and wins
         try:
-            yield
+            with trusting_tables(layers):
+                yield
         finally:
             for handle in handles:
                 handle.remove()
