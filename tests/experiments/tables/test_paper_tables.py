@@ -55,7 +55,7 @@ def test_every_declared_spec_parses_and_names_real_choices():
         range(5)
     )
     assert load_tables("table2", smoke=True)[0].paper is None  # published figures are not about offline models
-    assert len(load_tables("table5", smoke=True)[0].variants) == len(load_tables("table5")[0].variants)
+    assert len(load_tables("ablations_beyond_paper", smoke=True)[0].variants) == len(load_tables("ablations_beyond_paper")[0].variants)
 
 
 def test_the_run_name_convention_is_one_function():
@@ -84,11 +84,13 @@ def test_grid_expansion_and_multirun_commands(tmp_path):
     assert f"method={','.join(grid['method'])}" in first and f"seed={','.join(map(str, grid['seed']))}" in first
     assert first[-2:] == ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
 
-    [ablations] = load_tables("table5", smoke=True)
+    [ablations] = load_tables("ablations_beyond_paper", smoke=True)
     variants = [r.variant.label for r in ablations.runs()]
     assert len(set(variants)) == len(variants) == len(ablations.variants)
     assert "per-layer factors (no sharing)" in variants and ablations.show_frozen
-    assert any("method.peft.tensor_order=3" in c for c in multirun_commands(ablations, tmp_path, "basic", [])[1])
+    commands = multirun_commands(ablations, tmp_path, "basic", [])
+    assert any("method.peft.layout=whole-side" in c for c in commands[1])  # the paper's layout beside the balanced
+    assert any("method.peft.tensor_order=3" in c for c in commands[2])
 
 
 @pytest.mark.slow
