@@ -135,7 +135,8 @@ def _rank_summary(frame: pd.DataFrame) -> str:
                 "series": series,
                 "module": module,
                 "layers": len(group),
-                "rank min / median / max": f"{group['rank'].min()} / {group['rank'].median():g} / {group['rank'].max()}",
+                "rank min / median / max": f"{group['rank'].min()} / {group['rank'].median():g} / "
+                f"{group['rank'].max()}",
                 "full rank": int(group["full rank"].max()),
             }
         )

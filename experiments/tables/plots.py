@@ -195,7 +195,8 @@ def accuracy_vs_trained(
         xs, ys = [p["trained"] for _, p in theirs], [p[column] for _, p in theirs]
         ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=40, label="the paper (read off its figure)")
         for label, point in theirs:
-            ax.annotate(label, (point["trained"], point[column]), fontsize=6, xytext=(4, -9), textcoords="offset points")
+            where = (point["trained"], point[column])
+            ax.annotate(label, where, fontsize=6, xytext=(4, -9), textcoords="offset points")
         ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trained values (log scale)")
