@@ -41,6 +41,13 @@ def extract_choice(generation: str, answers: Sequence[str]) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def extract_first_letter(generation: str, letters: Sequence[str]) -> str | None:
+    """LLM-Adapters' AQuA rule (``evaluate.py``): the first of ``letters`` (capitals) anywhere in ``generation``, with
+    no word boundary and case-sensitive, so the "A" of "A train" counts; else None."""
+    match = re.search("|".join(re.escape(letter) for letter in letters), generation.strip())
+    return match.group(0) if match else None
+
+
 def extract_number(generation: str) -> Decimal | None:
     """The last number in ``generation`` (commas removed), as LLM-Adapters scores math, else None; exact (a Decimal),
     so an integer beyond 2**53 or a long decimal is compared as written."""

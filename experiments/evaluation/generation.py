@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from experiments.evaluation.extraction import extract_choice, extract_number, number_matches
+from experiments.evaluation.extraction import extract_choice, extract_first_letter, extract_number, number_matches
 from experiments.evaluation.virtual_tokens import virtual_token_generation
 from experiments.run.progress import Progress
 
@@ -63,17 +63,21 @@ def evaluate_by_generation(
     for name, items in evaluation.items():
         items = list(items[:limit] if limit else items)
         choice = kinds[name] == "choice"
+        letters = any(item.get("extract") == "first-letter" for item in items)  # AQuA: reasoning, then a letter
         texts = generate(
             model,
             tokenizer,
             [item["prompt"] for item in items],
-            max_new_tokens=min(max_new_tokens, 32) if choice else max_new_tokens,  # an answer word is short
+            max_new_tokens=min(max_new_tokens, 32) if choice and not letters else max_new_tokens,  # a word is short
             batch_size=batch_size,
             desc=f"generate {name}",
         )
         correct = []
         for item, text in zip(items, texts):
-            if choice:
+            if choice and item.get("extract") == "first-letter":
+                predicted = extract_first_letter(text, item["answers"])
+                correct.append(predicted == item["answers"][item["label"]])
+            elif choice:
                 predicted = extract_choice(text, item["answers"])
                 correct.append(predicted == item["answers"][item["label"]])
             else:

@@ -52,7 +52,7 @@ TEST_FILES: dict[str, RepoFile] = {
 TRAIN_FILE = RepoFile("ft-training_set/commonsense_170k.json", "529e426b33d4cdb1d0c4a275a1a7245ad081fd91")
 # Training sources in LLM-Adapters' schema: a task trained on one is tested on LLM-Adapters' test files by default,
 # as the papers that train on it do (task.evaluate_from=original tests on the original hub datasets instead).
-MIXTURES = ("commonsense170k",)
+MIXTURES = ("commonsense170k", "math10k")
 
 # The answer words LLM-Adapters' scorer looks for, by family (the word without its number).
 _BOOL = ("true", "false")

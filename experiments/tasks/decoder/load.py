@@ -14,9 +14,9 @@ from functools import partial
 from typing import Any
 
 from experiments.errors import DataUnavailable
-from experiments.tasks.decoder import llm_adapters, offline
+from experiments.tasks.decoder import llm_adapters, llm_adapters_math, offline
 from experiments.tasks.decoder.custom import custom_fields
-from experiments.tasks.decoder.plan import Part, hub_split, plan_parts
+from experiments.tasks.decoder.plan import Part, github_file, hub_split, plan_parts
 from experiments.tasks.decoder.prompts import mc_target
 from experiments.tasks.decoder.sources import Item, Source, convert_rows, source
 from experiments.tasks.files import Rows, carve, carved_note, read_local
@@ -99,7 +99,8 @@ class _Reader:
         if part.origin == "installed":
             return src.offline_eval(), f"{src.name} {src.eval_split} (installed package {src.offline_package})"
         if part.origin == "github":
-            path = llm_adapters.local_copy(llm_adapters.TEST_FILES[src.name], src.name)
+            file, key = github_file(src.name, half == 0)
+            path = llm_adapters.local_copy(file, key)
             return read_local(path), f"LLM-Adapters {part.path} at commit {llm_adapters.COMMIT[:12]} ({path})"
         at = f" at revision {part.revision}" if part.revision else ""
         return list(hub_split(src, part.split, revision=part.revision)), f"hub {src.hub_path} {part.split}{at}"
@@ -107,7 +108,11 @@ class _Reader:
 
 def _converter(src: Source, rows: list[Mapping]) -> Callable[[Mapping], Item] | None:
     """LLM-Adapters' row converter where a choice task's file is in LLM-Adapters' schema; else the source's own."""
-    if src.kind == "choice" and llm_adapters.is_llm_adapters(rows):
+    if (
+        src.kind == "choice"
+        and src.convert.__module__ != llm_adapters_math.__name__
+        and llm_adapters.is_llm_adapters(rows)
+    ):
         return partial(llm_adapters.choice_row, task_words=llm_adapters.TASK_WORDS.get(src.name))
     return None
 
@@ -184,7 +189,7 @@ def carve_validation(
     source, scored like test items against their answers."""
     size, split_seed = int(task["validation_size"]), int(task.get("split_seed") or 0)
     for part in pool:
-        if part.src.kind == "instruct" and part.src.name not in llm_adapters.MIXTURES:
+        if part.src.kind == "instruct" and part.src.scored is None:
             raise DataUnavailable(
                 f"task.validation_size scores its items against their answers, but {part.src.name} rows "
                 f"({part.src.schema}) carry no answer word to score; use train.keep_best=loss on a task whose rows do."
@@ -207,9 +212,9 @@ def carve_validation(
         items = convert_rows(part.src, _subset(part.rows, kept, part.where), part.where, part.convert)
         train += [training_example(item) for item in items]
         if chosen:
-            convert = llm_adapters.choice_row if part.src.kind == "instruct" else part.convert
+            convert = part.src.scored if part.src.kind == "instruct" else part.convert
             rows = _subset(part.rows, chosen, part.where)
-            validation[part.src.name] = _with_ids(part.src.name, convert_rows(part.src, rows, part.where, convert))
+            validation.update(_by_kind(part.src.name, convert_rows(part.src, rows, part.where, convert)))
             provenance[part.role] += f", less the {len(chosen)} validation items"
             provenance[f"validation/{part.src.name}"] = (
                 f"{len(chosen)} items carved from {part.where} (task.validation_size={size}, "
@@ -221,6 +226,16 @@ def carve_validation(
         f"task.split_seed={split_seed} and removed from training; they, never the test items, choose a checkpoint"
     )
     return train, validation, {"size": size, "seed": split_seed, "rows": size, "of": total}
+
+
+def _by_kind(name: str, items: list[Item]) -> dict[str, list[Item]]:
+    """Carved items under their source's name; a mixture whose rows are scored two ways (Math10K: AQuA's letters and
+    numbers) gives two groups, ``<name>_choice`` and ``<name>_math``, each scored as its kind is."""
+    choice = [item for item in items if "answers" in item]
+    if len(choice) in (0, len(items)):
+        return {name: _with_ids(name, items)}
+    math = [item for item in items if "answers" not in item]
+    return {f"{name}_choice": _with_ids(f"{name}_choice", choice), f"{name}_math": _with_ids(f"{name}_math", math)}
 
 
 def _subset(rows: list[Mapping], indices: list[int], where_from: str) -> Rows:

@@ -4,7 +4,8 @@ data in the run's identity (``fingerprint``), so the run id always describes the
 A part is one role (``train/<source>``, ``eval/<source>``; a custom task's ``train``, ``validation``, ``test``) and
 where it comes from: a local file, the hub, a BIG-bench task file, a file an installed package ships, an offline
 stand-in (GSM8K's installed test set split in two when the hub's train split cannot be reached), or a file of
-LLM-Adapters' repository at its pinned commit (the commonsense test sets a Commonsense170K run is tested on).
+LLM-Adapters' repository at its pinned commit (the commonsense test sets a Commonsense170K run is tested on, Math10K
+and the AQuA and SVAMP test sets).
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ from typing import Any
 
 from experiments.errors import DataUnavailable
 from experiments.records import sources as named
-from experiments.tasks.decoder import llm_adapters, offline
+from experiments.tasks.decoder import llm_adapters, llm_adapters_math, offline
+from experiments.tasks.decoder.llm_adapters import RepoFile
 from experiments.tasks.decoder.sources import Source, source
 from experiments.tasks.files import read_hub
+
+
+def test_files() -> dict[str, RepoFile]:
+    """LLM-Adapters' test files by source name: the eight commonsense sets, AQuA and SVAMP."""
+    return {**llm_adapters.TEST_FILES, **llm_adapters_math.TEST_FILES}
+
+
+def github_file(name: str, training: bool) -> tuple[RepoFile, str]:
+    """The repository file a ``github`` part of source ``name`` reads, and the task.data_files key that replaces it."""
+    return (llm_adapters_math.TRAIN_FILES[name], "train") if training else (test_files()[name], name)
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ def plan_parts(task: Mapping[str, Any]) -> list[Part]:
             parts.append(Part(role, name, "local", path=str(files["train"])))
         elif src.bigbench:
             parts.append(Part(role, name, "bigbench", split="train"))
+        elif name in llm_adapters_math.TRAIN_FILES:  # no hub copy at a fixed revision: the repository's file
+            parts.append(Part(role, name, "github", split="train", path=llm_adapters_math.TRAIN_FILES[name].path))
         elif _stand_in_needed(src, task):
             parts.append(Part(role, name, "stand-in", split="train"))
             stand_ins.add(name)
@@ -128,8 +142,8 @@ def _eval_part(task: Mapping[str, Any], src: Source, files: Mapping[str, str], c
         return Part(role, name, "bigbench", split="held-out")
     if name in stand_ins:
         return Part(role, name, "stand-in", split="held-out")
-    if name in llm_adapters.TEST_FILES and evaluate_from(task) == "llm-adapters":
-        return Part(role, name, "github", path=llm_adapters.TEST_FILES[name].path)
+    if name in test_files() and evaluate_from(task) == "llm-adapters":
+        return Part(role, name, "github", path=test_files()[name].path)
     if src.offline_eval is not None and task.get("prefer_offline_gsm8k", True) and src.offline_path():
         return Part(role, name, "installed")
     return Part(role, name, "hub", split=src.eval_split)

