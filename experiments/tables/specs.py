@@ -5,6 +5,8 @@ Keys of a spec (and of each entry of its ``tables`` list, which inherits the res
 
 - ``name``, ``kind`` (``accuracy`` or ``properties``), ``title``;
 - ``grid``: lists of ``model``, ``task``, ``method``, ``seed`` (a ``tables`` entry's grid replaces single keys);
+- ``exclude``: grid combinations not to run, each a map of grid keys (``{model: llama3-8b, method: tera}``): e.g. one
+  TeRA reading per model where the paper used different ones;
 - ``overrides``: Hydra overrides for every run (a ``tables`` entry's are added to them);
 - ``variants``: each a ``label`` (its table column), ``overrides``, and optionally ``methods`` (only these run in it),
   ``name`` (its piece of the run name, default: the label as a slug) and ``run_name`` (a template for its runs);
@@ -54,7 +56,7 @@ from experiments.tables.render import Column
 SPECS = Path(__file__).resolve().parents[1] / "specs"  # the table declarations, one YAML each
 GRID_KEYS = ("model", "task", "method", "seed")
 KEYS = {"name", "kind", "title", "grid", "overrides", "columns", "variants", "reference", "show_frozen", "run_name"}
-KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption", "paper", "figure", "extends"}
+KEYS |= {"records", "out", "tables", "smoke", "tune", "targets", "caption", "paper", "figure", "extends", "exclude"}
 FIGURE_KEYS = {"plot", "column", "modules", "paper", "counts"}
 FIGURE_PLOTS = ("accuracy-vs-trained", "layer-ranks", "task-bars")
 VARIANT_KEYS = {"label", "overrides", "methods", "name", "run_name"}
@@ -110,6 +112,7 @@ class TableSpec:
     targets: dict[str, list[str]] | None = None  # properties tables: modules to adapt per model (else its default)
     paper: dict[str, Any] | None = None  # the paper's printed cells by model, method and column label
     figure: dict[str, Any] | None = None  # drawn as one of the paper's figures (experiments.tables.figures)
+    exclude: list[dict[str, Any]] = field(default_factory=list)  # grid combinations not to run
 
     @property
     def paper_labels(self) -> set[str]:
@@ -149,6 +152,9 @@ class TableSpec:
         runs = []
         for variant in self.variants:
             for model, task, method, seed in itertools.product(*grid):
+                point = {"model": model, "task": task, "method": method, "seed": seed}
+                if any(all(point[k] == v for k, v in rule.items()) for rule in self.exclude):
+                    continue
                 if variant.methods is None or method in variant.methods:
                     runs.append(Run(self, variant, model, task, method, int(seed)))
         return runs
@@ -203,7 +209,7 @@ def load_tables(name: str, smoke: bool = False, folder: Path = SPECS) -> list[Ta
         # reference numbers unless it names some: published figures are not about the offline models).
         kept = {
             k: raw[k]
-            for k in ("name", "kind", "variants", "show_frozen", "run_name", "targets", "caption", "figure")
+            for k in ("name", "kind", "variants", "show_frozen", "run_name", "targets", "caption", "figure", "exclude")
             if k in raw
         }
         kept["tune"] = {k: v for k, v in (raw.get("tune") or {}).items() if k not in ("records", "out")}
@@ -302,7 +308,15 @@ def parse_spec(raw: dict[str, Any], smoke: bool = False) -> TableSpec:
         caption=_caption(name, raw.get("caption")),
         paper=_paper(name, raw.get("paper")),
         figure=_figure(name, raw.get("figure"), [v.label for v in variants]),
+        exclude=_exclude(name, raw.get("exclude")),
     )
+
+
+def _exclude(table: str | None, raw: Any) -> list[dict[str, Any]]:
+    rules = raw or []
+    if not isinstance(rules, list) or not all(isinstance(r, dict) and r and set(r) <= set(GRID_KEYS) for r in rules):
+        raise SpecError(f"Table {table}: exclude is a list of maps of grid keys ({', '.join(GRID_KEYS)}) to values.")
+    return rules
 
 
 def _figure(table: str | None, raw: Any, variants: list[str]) -> dict[str, Any] | None:

@@ -15,12 +15,15 @@ and ``ChilleD/SVAMP`` (Body, Question, Answer).
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 
 from experiments.tasks.decoder.llm_adapters import RepoFile
 from experiments.tasks.decoder.prompts import wrap
-from experiments.tasks.decoder.rows import Item, RowProblem, instruction_row
+from experiments.tasks.decoder.rows import Item, RowProblem, gsm8k, instruction_row
 
 TEST_FILES: dict[str, RepoFile] = {
     "aqua": RepoFile("dataset/AQuA/test.json", "731fbb456f7a93bb4121125de09c4adcf42e5dab"),
@@ -96,6 +99,26 @@ def math10k_scored(row: Mapping) -> Item:
     if answer.upper() in LETTERS and _OPTION.search(str(row["instruction"])):
         return {**_letter_item(str(row["instruction"]), answer), "solution": str(row["output"])}
     return {**instruction_row(row), "target": _number(answer)}
+
+
+def _distractors(answer: Decimal, key: int) -> list[Decimal]:
+    """Four wrong options near ``answer`` (off by one, by ten, doubled, halved ...), in an order set by ``key``."""
+    candidates = [answer + 1, answer - 1, answer * 2, answer + 10, answer - 10, answer * 10, answer / 2, answer + 2]
+    unique = list(dict.fromkeys(c.normalize() for c in candidates if c != answer))
+    random.Random(key).shuffle(unique)
+    return unique[:4]
+
+
+def gsm8k_as_aqua(row: Mapping) -> Item:
+    """Offline AQuA stand-in: a GSM8K problem posed in AQuA's format, its answer among four distractors derived from
+    it, the right letter set by the problem's hash (so letters spread over A-E). Real problems, a built format."""
+    item = gsm8k(row)
+    answer = Decimal(item["target"])
+    key = int(hashlib.sha256(str(row["question"]).encode()).hexdigest()[:8], 16)
+    options = _distractors(answer, key)
+    options.insert(key % 5, answer.normalize())
+    choices = " ".join(f"({letter}) {value:f}" for letter, value in zip(LETTERS, options))
+    return {**_letter_item(f"{str(row['question']).strip()} Answer Choices: {choices}", LETTERS[key % 5])}
 
 
 if __name__ == "__main__":  # fetch AQuA's and SVAMP's test files and Math10K into the cache once

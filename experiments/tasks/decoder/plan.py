@@ -140,7 +140,7 @@ def _eval_part(task: Mapping[str, Any], src: Source, files: Mapping[str, str], c
         return Part(role, name, "local", path=str(path))
     if src.bigbench:
         return Part(role, name, "bigbench", split="held-out")
-    if name in stand_ins:
+    if name in stand_ins or src.shares_stand_in in stand_ins:
         return Part(role, name, "stand-in", split="held-out")
     if name in test_files() and evaluate_from(task) == "llm-adapters":
         return Part(role, name, "github", path=test_files()[name].path)

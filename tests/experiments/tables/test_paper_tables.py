@@ -75,7 +75,7 @@ def test_the_run_name_convention_is_one_function():
 
 
 def test_grid_expansion_and_multirun_commands(tmp_path):
-    [spec] = load_tables("table3")
+    [spec] = load_tables("glue")
     grid = spec.grid
     assert len(spec.runs()) == len(grid["model"]) * len(grid["task"]) * len(grid["method"]) * len(grid["seed"])
     commands = multirun_commands(spec, tmp_path, "slurm", ["hydra.launcher.partition=gpu"])
@@ -433,10 +433,10 @@ def test_properties_table_on_tiny_shapes(tmp_path):
 
 
 def test_reproduce_renders_only_from_existing_records(tmp_path, capsys):
-    assert reproduce_main(["table3", "--smoke", "--render-only", "--results", str(tmp_path)]) == 0
-    shown = markdown_rows((tmp_path / "table3-smoke.md").read_text())
+    assert reproduce_main(["glue", "--smoke", "--render-only", "--results", str(tmp_path)]) == 0
+    shown = markdown_rows((tmp_path / "glue-smoke.md").read_text())
     assert {r["method"]: r["Tweets"] for r in shown}["tera-balanced"] == "missing"
-    assert "6 of 6 runs have no complete record yet." in (tmp_path / "table3-smoke.md").read_text()
+    assert "6 of 6 runs have no complete record yet." in (tmp_path / "glue-smoke.md").read_text()
 
     assert reproduce_main(["decoder_tera_lr", "--render-only", "--results", str(tmp_path)]) == 0
     for out, runs in (("decoder_smollm2_tera_lr", 3), ("decoder_smollm2_tera_lr_gsm8k", 2)):

