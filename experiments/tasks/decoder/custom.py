@@ -13,7 +13,7 @@ from experiments.tasks.decoder.prompts import wrap
 from experiments.tasks.decoder.rows import QUESTION, Item, RowProblem, _numbered
 
 # role -> default field name; task.<role>_field renames it
-CUSTOM_FIELDS = {role: role for role in ("question", "context", "choices", "answer", "solution")}
+CUSTOM_FIELDS = {role: role for role in ("question", "context", "choices", "answer", "solution", "prompt", "response")}
 
 
 def _text(row: Mapping, name: str) -> str:

@@ -89,13 +89,13 @@ class _Reader:
         if part.origin == "stand-in":
             train, held = self._halves(src, lambda: src.offline_stand_in(self.split_seed))
             if half == 0:
+                why = "the hub's train split is unreachable" if src.hub_path else f"from {src.offline_package}"
                 where = (
-                    f"OFFLINE STAND-IN: {len(train)} {src.name} evaluation items (the hub's train split is "
-                    f"unreachable); evaluation uses the other {len(held)}"
+                    f"OFFLINE STAND-IN: {len(train)} {src.name} items ({why}); evaluation uses the other {len(held)}"
                 )
                 warnings.warn(f"{src.name} train: {where}", stacklevel=1)
                 return train, where
-            return held, f"OFFLINE STAND-IN: held-out {src.name} {src.eval_split} items"
+            return held, f"OFFLINE STAND-IN: held-out {src.name} {src.eval_split or ''} items".replace("  ", " ")
         if part.origin == "installed":
             return src.offline_eval(), f"{src.name} {src.eval_split} (installed package {src.offline_package})"
         if part.origin == "github":

@@ -88,6 +88,8 @@ def evaluate_from(task: Mapping[str, Any]) -> str:
 def _stand_in_needed(src: Source, task: Mapping[str, Any]) -> bool:
     if src.offline_stand_in is None or not task.get("offline_fallback", True):
         return False
+    if src.hub_path is None:  # a source that only exists offline (the dialogue stand-in)
+        return True
     try:
         hub_split(src, src.train_split)
     except DataUnavailable:

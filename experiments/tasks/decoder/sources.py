@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.errors import DataUnavailable
-from experiments.tasks.decoder import llm_adapters, llm_adapters_math, offline
+from experiments.tasks.decoder import dialogue, llm_adapters, llm_adapters_math, offline
 from experiments.tasks.decoder.custom import custom_choice, custom_math
 from experiments.tasks.decoder.rows import (
     Item,
@@ -37,7 +37,7 @@ class Source:
     """Where one task's data comes from and how a row becomes an item."""
 
     name: str
-    kind: str  # "choice" | "math" | "instruct" (training only)
+    kind: str  # "choice" | "math" | "generation" (references, scored as text) | "instruct" (training only)
     convert: Callable[[Mapping], Item]
     hub_path: str | None = None
     hub_name: str | None = None
@@ -229,6 +229,26 @@ SOURCES: dict[str, Source] = {
             shares_stand_in="gsm8k",
         ),
         Source(
+            "convai2",
+            "generation",
+            dialogue.convai2,
+            "bavard/personachat_truecased",
+            None,
+            "train",
+            "validation",
+            schema=dialogue.CONVAI2_SCHEMA,
+        ),
+        Source(
+            "chatterbot",
+            "generation",
+            dialogue.chatterbot,
+            schema="history (a list of turns), references (a list of responses)",
+            offline_package="chatterbot-corpus",
+            offline_file=dialogue.chatterbot_folder,
+            offline_file_in_package="chatterbot_corpus/data/english",
+            offline_stand_in=dialogue.chatterbot_stand_in,
+        ),
+        Source(
             "metamath",
             "instruct",
             metamath,
@@ -250,6 +270,13 @@ SOURCES: dict[str, Source] = {
             custom=True,
             schema="question (text), choices (a list of texts; in CSV/TSV a JSON list), answer (a 0-based index, "
             "the text of one choice, or a letter A, B, ...), optionally context (text put before the question)",
+        ),
+        Source(
+            "custom_generation",
+            "generation",
+            dialogue.custom_generation,
+            custom=True,
+            schema="prompt (text), response (the reference text, or a list of them; in CSV/TSV a JSON list)",
         ),
         Source(
             "custom_math",

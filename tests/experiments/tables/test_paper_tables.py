@@ -43,7 +43,7 @@ def _check_decoder_columns(spec) -> None:
         tasks = [column.task] if column.task else spec.grid["task"]
         kinds = {yaml.safe_load((ROOT / "conf" / "task" / f"{t}.yaml").read_text()).get("kind") for t in tasks}
         if "causal" in kinds:
-            assert re.search(r"_(lmeval|llmadapters)_", column.metric), f"{spec.tag}: column {column.metric}"
+            assert re.search(r"_(lmeval|llmadapters|text)_", column.metric), f"{spec.tag}: column {column.metric}"
 
 
 def test_every_declared_spec_parses_and_names_real_choices():
