@@ -57,32 +57,29 @@ def _check_rows(model, x: torch.Tensor, adapter_names: list[str]) -> None:
             )
 
 
-@pytest.fixture
-def contractions(monkeypatch):
-    """How many shared contractions the mixed path ran."""
+def _count_calls(monkeypatch, name: str) -> dict[str, int]:
+    """Count the calls of ``tera.mixed.<name>`` (it still runs)."""
     count = {"n": 0}
-    original = tera.mixed.rowwise_factorised_delta
+    original = getattr(tera.mixed, name)
 
     def counting(*args, **kwargs):
         count["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tera.mixed, "rowwise_factorised_delta", counting)
+    monkeypatch.setattr(tera.mixed, name, counting)
     return count
+
+
+@pytest.fixture
+def contractions(monkeypatch):
+    """How many shared contractions the mixed path ran."""
+    return _count_calls(monkeypatch, "rowwise_factorised_delta")
 
 
 @pytest.fixture
 def builds(monkeypatch):
     """How many stacked tables of diagonals were built."""
-    count = {"n": 0}
-    original = tera.mixed._build_table
-
-    def counting(*args, **kwargs):
-        count["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tera.mixed, "_build_table", counting)
-    return count
+    return _count_calls(monkeypatch, "_build_table")
 
 
 def _layers(model) -> list[TeraLayer]:
@@ -242,14 +239,7 @@ def test_the_table_is_built_once_and_rebuilt_when_the_diagonals_change(builds):
 
 def test_the_adapters_are_walked_once_per_generate_call_not_once_per_token(monkeypatch):
     # The table's key walks every resident adapter: it is checked once per call and layer, not on every layer call.
-    checks = {"n": 0}
-    original = tera.mixed._current_table
-
-    def counting(*args, **kwargs):
-        checks["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(tera.mixed, "_current_table", counting)
+    checks = _count_calls(monkeypatch, "_current_table")
     config = {"target_modules": LLAMA_TARGETS}
     model = _model(config, config, base=tiny_llama().double())
     ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(3))

