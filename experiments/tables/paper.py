@@ -103,10 +103,29 @@ def accuracy_rows(spec: TableSpec, found: RecordSet) -> list[dict[str, Any]]:
         for run in spec.runs()
     ]
     rows = summarise(run_frame(runs, spec.columns), ["variant", "model", "method"], spec.columns)
+    steps = _chosen_steps(runs)
     for row in rows:
         row["reference"] = _reference(spec, row["model"], row["method"])
         row["shown"] = spec.row_cells(row["variant"], row["model"], row["method"])  # a tuned table's chosen setting
+        if steps:  # train.keep_best: the step each seed's test figures are from
+            row["shown"] = {
+                **row["shown"],
+                "chosen step": steps.get((row["variant"], row["model"], row["method"]), "—"),
+            }
     return rows
+
+
+def _chosen_steps(runs: list[dict[str, Any]]) -> dict[tuple, str]:
+    """Per row, the steps ``train.keep_best`` restored over its seeds (``10, 20 of 20``); empty when no record chose."""
+    chosen: dict[tuple, list[int]] = {}
+    total: dict[tuple, int] = {}
+    for run in runs:
+        record = run["record"]
+        if record and record.get("chosen_step") is not None:
+            key = (run["variant"], run["model"], run["method"])
+            chosen.setdefault(key, []).append(int(record["chosen_step"]))
+            total[key] = int(record.get("steps") or 0)
+    return {key: f"{', '.join(map(str, values))} of {total[key]}" for key, values in chosen.items()}
 
 
 def _reference(spec: TableSpec, model: str, method: str) -> float | None:
