@@ -189,15 +189,15 @@ def accuracy_vs_trained(
     for i, row in enumerate(ours):
         mean, std = _percent(row[column])
         label = row["variant"] or row["method"]
-        ax.errorbar(row["trainable_params"], mean, yerr=std or None, fmt="o", ms=6, capsize=3, color=f"C{i % 10}")
-        ax.annotate(label, (row["trainable_params"], mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        where = (row["trainable_params"], mean)
+        ax.errorbar(*where, yerr=std or None, fmt="o", ms=6, capsize=3, color=f"C{i % 10}", label=f"ours: {label}")
     if theirs:
         xs, ys = [p["trained"] for _, p in theirs], [p[column] for _, p in theirs]
         ax.scatter(xs, ys, facecolors="none", edgecolors="black", s=40, label="the paper (read off its figure)")
         for label, point in theirs:
             where = (point["trained"], point[column])
             ax.annotate(label, where, fontsize=6, xytext=(4, -9), textcoords="offset points")
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")  # ours by colour (close points would hide each other's labels)
     ax.set_xscale("log")
     ax.set_xlabel("trained values (log scale)")
     ax.set_ylabel(f"{column} (%)")
