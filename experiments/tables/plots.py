@@ -248,7 +248,8 @@ def task_bars(
         read = [(x, v) for x, v in read if v is not None]
         if read:
             ax.scatter(*zip(*read), marker="_", s=200, color="black", zorder=3)
-    ax.scatter([], [], marker="_", s=200, color="black", label="the paper (read off its figure)")
+    if paper:
+        ax.scatter([], [], marker="_", s=200, color="black", label="the paper (read off its figure)")
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
