@@ -175,6 +175,8 @@ class CausalTaskSettings(_Section):
     choices_field: str = "choices"
     answer_field: str = "answer"
     solution_field: str = "solution"
+    prompt_field: str = "prompt"  # custom/generation: the prompt and its reference text(s)
+    response_field: str = "response"
     # custom/choice: how an answer is read; auto takes an index, a choice's text or a letter and refuses an answer
     # that two of these readings point to different choices ("1" among choices ["2", "4", "1", "3"])
     answer_format: Literal["auto", "index", "text", "letter"] = "auto"  # not in the YAML: +task.answer_format=...

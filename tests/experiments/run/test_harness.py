@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from baselines import METHODS, VIRTUAL_TOKEN_METHODS, UnknownMethod, make_peft_config
@@ -15,13 +16,14 @@ from tests.helpers import cli, last_error, options
 from tests.helpers import compose as _compose
 
 TASKS = options("task")
+CONF = Path(__file__).resolve().parents[3] / "conf"
 ALL_METHODS = options("method")
 # Prompt Tuning and P-Tuning run on decoder tasks only (tests/experiments/run/test_virtual_tokens.py runs them)
 ENCODER_METHODS = [m for m in ALL_METHODS if m not in VIRTUAL_TOKEN_METHODS]
 
 
 MODELS = options("model")
-DECODER_TASKS = [t for t in TASKS if t.startswith(("commonsense/", "math/")) or t in ("custom/choice", "custom/math")]
+DECODER_TASKS = [t for t in TASKS if yaml.safe_load((CONF / "task" / f"{t}.yaml").read_text())["kind"] == "causal"]
 
 
 def _model_for(task: str) -> str:
