@@ -168,17 +168,15 @@ class CausalTaskSettings(_Section):
     offline_fallback: bool = True
     prefer_offline_gsm8k: bool = True
     bigbench_eval_fraction: Real = Field(0.2, gt=0, lt=1)
-    # custom/choice and custom/math: the field names of one's own rows, and the share of train carved off for
-    # evaluation when neither a validation nor a test file is given
+    # custom tasks: the field names of one's own rows, and the share of train carved off when no file is evaluated
     question_field: str = "question"
     context_field: str = "context"
     choices_field: str = "choices"
     answer_field: str = "answer"
     solution_field: str = "solution"
-    prompt_field: str = "prompt"  # custom/generation: the prompt and its reference text(s)
+    prompt_field: str = "prompt"  # custom/generation: the prompt, and its reference text(s) below
     response_field: str = "response"
-    # custom/choice: how an answer is read; auto takes an index, a choice's text or a letter and refuses an answer
-    # that two of these readings point to different choices ("1" among choices ["2", "4", "1", "3"])
+    # custom/choice: auto reads an index, a choice's text or a letter, refusing an answer two readings disagree on
     answer_format: Literal["auto", "index", "text", "letter"] = "auto"  # not in the YAML: +task.answer_format=...
     validation_share: Real = Field(0.1, gt=0, lt=1)
     # Tuning trials: hold out this share of each evaluated task's training items as its validation split (decoder
