@@ -107,12 +107,9 @@ class _Reader:
 
 
 def _converter(src: Source, rows: list[Mapping]) -> Callable[[Mapping], Item] | None:
-    """LLM-Adapters' row converter where a choice task's file is in LLM-Adapters' schema; else the source's own."""
-    if (
-        src.kind == "choice"
-        and src.convert.__module__ != llm_adapters_math.__name__
-        and llm_adapters.is_llm_adapters(rows)
-    ):
+    """LLM-Adapters' commonsense row converter where a choice task's file is in LLM-Adapters' schema; else the
+    source's own (AQuA's own converter reads LLM-Adapters' rows itself)."""
+    if src.kind == "choice" and src.name not in llm_adapters_math.TEST_FILES and llm_adapters.is_llm_adapters(rows):
         return partial(llm_adapters.choice_row, task_words=llm_adapters.TASK_WORDS.get(src.name))
     return None
 

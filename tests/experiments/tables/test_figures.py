@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from experiments.reproduce.properties import SHAPES
+from experiments.reproduce.properties import SHAPES, _llama_config
 from experiments.tables.figures import layer_rank_frame, tera_trained_count, variant_peft
 from experiments.tables.paper import write_spec_table
 from experiments.tables.specs import SpecError, load_tables
@@ -41,15 +41,7 @@ def test_figure4_trained_counts_are_the_papers_x_positions():
     ],
 )
 def test_counts_from_the_tensor_plans_equal_a_built_adapters_trainable_values(peft):
-    hidden, intermediate, heads, kv_heads = SHAPES["tiny-llama-shapes"]["dims"]
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        num_hidden_layers=SHAPES["tiny-llama-shapes"]["layers"],
-    )
+    config = _llama_config("tiny-llama-shapes", SHAPES["tiny-llama-shapes"]["layers"], 64)  # Table 1's builder
     torch.manual_seed(0)
     model = get_peft_model(LlamaForCausalLM(config), TeraConfig(target_modules=["q_proj", "v_proj"], **peft))
     built = sum(p.numel() for p in model.parameters() if p.requires_grad)
