@@ -29,11 +29,12 @@ def is_legacy(record: dict[str, Any]) -> bool:
     return "run_id" not in record and "data_fingerprint" not in record
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+def flat_settings(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (``method.peft.rank``); an empty section keeps its key."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, inner in value.items():
-            out |= _flat(inner, f"{prefix}{key}.")
+            out |= flat_settings(inner, f"{prefix}{key}.")
         return out or {prefix.rstrip("."): {}}
     return {prefix.rstrip("."): value}
 
@@ -43,8 +44,8 @@ def legacy_differences(record: dict[str, Any], config: dict[str, Any]) -> list[s
     value that differs, and any adapter option (``method.peft.*``) the record does not have (its library default then
     may not be the value named now: TeRA's layout was balanced before it was an option). Other settings newer code
     added are not held against it."""
-    old = _flat(signature_settings(record.get("config") or {}))
-    new = _flat(signature_settings(config))
+    old = flat_settings(signature_settings(record.get("config") or {}))
+    new = flat_settings(signature_settings(config))
     changed = [key for key, value in old.items() if key in new and new[key] != value]
     added = [key for key in new if key.startswith("method.peft.") and key not in old]
     return sorted(changed + added)

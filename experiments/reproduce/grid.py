@@ -30,6 +30,7 @@ from experiments.reproduce.sweep import (
     table_commands,
 )
 from experiments.tables.paper import render_spec
+from experiments.tables.render import HOLLOW
 from experiments.tables.specs import SpecError, TableSpec, available, load_tables
 
 
@@ -101,7 +102,9 @@ def run_tables(specs: list[TableSpec], label: str, args: argparse.Namespace) -> 
         print("\n".join(describe(estimate(configs), label)))
         return 0
     for spec in specs:
-        print(render_spec(spec, args.results))
+        print(markdown := render_spec(spec, args.results))
+        for line in (line for line in markdown.splitlines() if line.startswith(HOLLOW)):
+            print(f"warning: {spec.name}: {line.removeprefix('Warning: ')}", file=sys.stderr)  # suite bug, not data
         if not args.render_only:  # a re-render logs nothing: W&B gets a table when its runs were run
             log_table(args.results, spec, args.extra)
     folders = ", ".join(sorted({str(args.results / "runs" / spec.records_dir) for spec in specs}))

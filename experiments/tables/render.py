@@ -24,8 +24,9 @@ import pandas as pd
 
 from baselines import METHODS, VIRTUAL_TOKEN_METHODS, trains_every_weight
 from experiments.records.identity import run_signature, short_hash
-from experiments.records.read import is_complete, is_legacy, read_record
+from experiments.records.read import flat_settings, is_complete, is_legacy, read_record
 
+HOLLOW = "Warning: finished runs lack"  # a column its complete records do not hold (e.g. a renamed metric)
 BASE_LABEL = "base (no training)"  # a zero-step run: the pretrained model evaluated as it is
 
 
@@ -247,6 +248,8 @@ def summarise(frame: pd.DataFrame, keys: list[str], columns: list[Column]) -> li
             wanted = group if column.task is None else group[group["task"] == column.task]  # runs this column expects
             row[column.label] = wanted[column.label].dropna().tolist()
             row["expected"][column.label] = len(wanted)
+            if sum(isinstance(r, dict) for r in wanted["record"]) > len(row[column.label]):
+                row.setdefault("lacking", set()).add(column.metric)  # a finished run without the column's metric
             if row[column.label]:
                 means.append(statistics.fmean(row[column.label]))
         plain = [c for c in columns if not c.average]
@@ -365,7 +368,10 @@ def _environment_text(environment: dict[str, Any]) -> str:
 def missing_note(rows: list[dict[str, Any]]) -> list[str]:
     missing = sum(row["runs_expected"] - row["runs_found"] for row in rows)
     expected = sum(row["runs_expected"] for row in rows)
-    return [f"{missing} of {expected} runs have no complete record yet."] if missing else []
+    notes = [f"{missing} of {expected} runs have no complete record yet."] if missing else []
+    if lacking := sorted(set().union(*(row.get("lacking", ()) for row in rows))):  # never a silent "missing"
+        notes.append(f"{HOLLOW} {', '.join(lacking)}: those cells read missing although their runs finished.")
+    return notes
 
 
 def write(out: Path, markdown: str, frame: pd.DataFrame) -> None:
@@ -400,12 +406,6 @@ class TableError(ValueError):
     """A table that cannot be rendered as asked (one sentence, exit 2)."""
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
-
-
 IGNORED_KEYS = {"seed", "run_name", "output_dir", "skip_complete", "skip_failed", "device"}
 
 
@@ -415,7 +415,7 @@ def setting_labels(records: list[dict[str, Any]]) -> dict[str, str]:
     by_settings = {settings_of(r): r for r in records}
     contents = {sid: [r.get("data_fingerprint"), r.get("model_fingerprint")] for sid, r in by_settings.items()}
     flats = {
-        sid: _flat(r.get("config") or {}) | {"data": short_hash(json.dumps(contents[sid], sort_keys=True))}
+        sid: flat_settings(r.get("config") or {}) | {"data": short_hash(json.dumps(contents[sid], sort_keys=True))}
         for sid, r in by_settings.items()
     }
     keys = sorted({k for flat in flats.values() for k in flat} - IGNORED_KEYS)

@@ -18,6 +18,7 @@ from experiments.tasks.decoder import llm_adapters, llm_adapters_math, offline
 from experiments.tasks.decoder.custom import custom_fields
 from experiments.tasks.decoder.plan import Part, github_file, hub_split, plan_parts
 from experiments.tasks.decoder.prompts import mc_target
+from experiments.tasks.decoder.rows import item_kind
 from experiments.tasks.decoder.sources import Item, Source, convert_rows, source
 from experiments.tasks.files import Rows, carve, carved_note, read_local
 
@@ -155,7 +156,8 @@ def load_decoder_task(task: Mapping[str, Any], seed: int = 0) -> DecoderData:
     else:
         (train_rows, validation), carved = _train_items(task, pool, provenance, notes), None
     kinds = {n: source(n).kind for n in eval_names}
-    kinds |= {n: "choice" if "answers" in items[0] else "math" for n, items in validation.items() if items}
+    # A carved validation set is scored as its items say (a dialogue's carved turns by the text metrics, not as math).
+    kinds |= {n: item_kind(items[0]) for n, items in validation.items() if items}
     return DecoderData(
         train_rows, evaluation, kinds, provenance, validation=validation, validation_carved=carved, notes=notes
     )

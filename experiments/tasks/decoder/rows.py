@@ -20,6 +20,13 @@ Item = dict[str, Any]
 BOOL_ANSWERS = ["true", "false"]
 
 
+def item_kind(item: Item) -> str:
+    """How an item is scored, read from its keys: ``generation`` (reference texts), ``choice`` (answers) or ``math``."""
+    if "references" in item:
+        return "generation"
+    return "choice" if "answers" in item else "math"
+
+
 class RowProblem(ValueError):
     """What is wrong with one row; the caller adds which file and line, and the schema of the source."""
 

@@ -16,7 +16,7 @@ from experiments.reproduce.grid import main as reproduce_main
 from experiments.reproduce.sweep import multirun_commands
 from experiments.tables import plots
 from experiments.tables.paper import accuracy_rows, write_spec_table
-from experiments.tables.render import RecordSet, read_records
+from experiments.tables.render import HOLLOW, RecordSet, read_records
 from experiments.tables.specs import SPECS, SpecError, available, conf_methods, load_tables, parse_spec
 from tests.experiments.tables.test_tables import markdown_rows
 
@@ -204,6 +204,19 @@ def _record(
     (folder / f"{name}.json").write_text(json.dumps(record))
 
 
+def test_a_finished_run_without_a_columns_metric_is_said_not_left_as_missing(tmp_path):
+    """Table 3's first smoke: every record finished, every cell read missing (the records held another metric name)."""
+    spec = parse_spec(SPEC)
+    _record(tmp_path, "lora-suite-a-m1-s0", 0.80, 1000, "lora")
+    _record(tmp_path, "lora-suite-b-m1-s0", 0.70, 1000, "lora")
+    renamed = json.loads((tmp_path / "lora-suite-b-m1-s0.json").read_text())
+    renamed["final_metrics"] = {"test_exact_match": 0.0}
+    (tmp_path / "lora-suite-b-m1-s0.json").write_text(json.dumps(renamed))
+    markdown = write_spec_table(spec, tmp_path, tmp_path / "out" / "tablex")
+    assert f"{HOLLOW} test_accuracy: those cells read missing although their runs finished." in markdown
+    assert markdown_rows(markdown)[0]["B"] == "missing"
+
+
 def test_rendering_means_std_missing_runs_and_reference(tmp_path):
     spec = parse_spec(SPEC)
     _record(tmp_path, "lora-suite-a-m1-s0", 0.80, 1000, "lora")
@@ -241,6 +254,7 @@ def test_rendering_means_std_missing_runs_and_reference(tmp_path):
         "—",
     ]
     assert "3 of 8 runs have no complete record yet." in markdown and "Reference: a paper" in markdown
+    assert "Warning" not in markdown  # cells of runs not yet run are missing, and nothing more is said of them
     table = pd.read_csv(tmp_path / "out" / "tablex.csv").set_index("method")
     assert table.loc["lora", "A mean"] == pytest.approx(0.85) and table.loc["lora", "Avg. mean"] == pytest.approx(0.775)
     assert (

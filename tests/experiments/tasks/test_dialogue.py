@@ -57,6 +57,10 @@ def test_the_offline_stand_in_splits_by_prompt_and_keeps_every_answer():
     assert max(len(i["references"]) for i in tested) > 1  # several answers to one prompt: several references
     assert all("personality" not in i["prompt"].split("Please response")[0] for i in tested)  # no persona part
     assert tasks.fingerprint(config)["eval/chatterbot"].startswith("offline stand-in (held-out part) of chatterbot")
+    # Carved validation turns are generation items too: Table 3's smoke once scored them (and then its test) as math
+    carved = tasks.load_decoder_task({**config, "validation_size": 40})
+    assert carved.kinds == {"chatterbot": "generation"} and len(carved.validation["chatterbot"]) == 40
+    assert all(item["references"] for item in carved.validation["chatterbot"])
 
 
 def _write(path: Path, rows: list[dict]) -> str:
