@@ -105,7 +105,8 @@ def evaluate_texts(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Generation tasks (items with ``references``): each response generated greedily, cut as HiRA cuts it, and scored
     against its references by ``text_metrics`` (as fractions: ``text_bleu`` ... ``text_average``, None where a
-    metric could not run); ``settings`` says what moves each score (model, layer, tokenisation, WordNet)."""
+    metric could not run), with ``text_empty``, the share of responses cut to nothing; ``settings`` says what moves
+    each score (model, layer, tokenisation, WordNet)."""
     from experiments.evaluation.text_metrics import score_generations
     from experiments.tasks.decoder.dialogue import cut_generation
 
@@ -126,6 +127,8 @@ def evaluate_texts(
         row: dict[str, Any] = {
             f"text_{key}": None if scored[key] is None else scored[key] / 100 for key in TEXT_METRICS
         }
+        # Why a low score is low: a response cut to nothing (an echoed "Q: ..." line) scores 0 on every metric.
+        row["text_empty"] = sum(not text.strip() for text in responses) / max(len(responses), 1)
         metrics[name] = {**row, "n": len(items), "settings": {**scored["settings"], "reasons": scored["reasons"]}}
         samples[name] = [
             {"id": item["id"], "generation": raw, "response": text, "references": item["references"][:3]}

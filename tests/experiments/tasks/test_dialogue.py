@@ -98,7 +98,8 @@ def test_generation_tasks_are_scored_by_text_metrics_under_any_protocol(monkeypa
     config = type("Eval", (), {"protocol": "lm-eval", "batch_size": 2, "max_new_tokens": 8, "limit": None})()
     metrics, samples = evaluate_all(None, None, data, config, Path("."))
     row = metrics["d"]
-    assert set(row) == {f"text_{k}" for k in generation.TEXT_METRICS} | {"n", "settings"}
+    assert set(row) == {f"text_{k}" for k in generation.TEXT_METRICS} | {"text_empty", "n", "settings"}
+    assert row["text_empty"] == 0.5  # the second response was cut to nothing
     assert row["text_rouge_l"] == pytest.approx(0.5) and 0 < row["text_bleu"] < 1  # (1 + 0) / 2 items
     assert row["settings"]["bleu"] and "bertscore" in row["settings"]
     assert [s["response"] for s in samples["d"]] == ["the cat sat on the mat", ""]
