@@ -223,6 +223,12 @@ def write_spec_table(spec: TableSpec, folder: Path, out: Path) -> str:
     return markdown
 
 
+def main_label(spec: TableSpec) -> str:
+    """The column a table's plot shows: its average (``Avg``) where it has one, else its last column."""
+    averages = [c.label for c in spec.columns if c.average or c.label.rstrip(".").lower() == "avg"]
+    return averages[-1] if averages else spec.columns[-1].label
+
+
 def render_spec(spec: TableSpec, results: Path) -> str:
     """Write ``spec``'s table from its records folder under ``results`` and draw its plots; returns the Markdown."""
     records_dir = results / "runs" / spec.records_dir
@@ -231,7 +237,7 @@ def render_spec(spec: TableSpec, results: Path) -> str:
         found = read_records(records_dir, warn=False)  # write_spec_table warned already
         rows = accuracy_rows(spec, found)
         chosen = match_runs(spec, found)[0]
-        main = spec.reference["column"] if spec.reference else spec.columns[-1].label
+        main = spec.reference["column"] if spec.reference else main_label(spec)
         figures = results / "plots"
         plots.accuracy_vs_parameters(rows, main, spec.title, figures / f"{spec.out_name}-accuracy-vs-params.png")
         plots.variant_dots(rows, main, spec.title, figures / f"{spec.out_name}-variants.png")  # ablations only

@@ -41,7 +41,8 @@ def accuracy_vs_parameters(rows: list[dict[str, Any]], column: str, title: str, 
     if not points:
         return None
     models = sorted({r["model"] for r in points})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.0 * len(models), 4.2), squeeze=False)
+    # constrained: a caption-length title wraps to several lines and must not run into the panel titles
+    fig, axes = plt.subplots(1, len(models), figsize=(5.0 * len(models), 4.2), squeeze=False, layout="constrained")
     markers = "osD^vP*X<>ph"
     for ax, model in zip(axes[0], models):
         for i, row in enumerate(r for r in points if r["model"] == model):

@@ -535,3 +535,13 @@ def test_paper_cells_render_beside_ours_with_the_difference(tmp_path):
                 "paper": {"source": "s", "values": {"m1": {"tera": {"A": "sixty"}}}},
             }
         )
+
+
+def test_a_tables_plot_shows_its_average_not_whatever_column_comes_last():
+    """Table 3 ends on "empty" (responses cut to nothing) and Table 2 on lm-eval's second reading: both plot Avg."""
+    from experiments.tables.paper import main_label
+
+    for name in ("table2", "table3"):
+        for smoke in (False, True):
+            assert main_label(load_tables(name, smoke=smoke)[0]) == "Avg"
+    assert main_label(parse_spec(SPEC)) == "Avg."
