@@ -82,6 +82,7 @@ class TeraLayer(BaseTunerLayer):
         # Per factor group, the stacked per-row vectors of its adapters for mixed-adapter batches (tera.mixed); a
         # cache rebuilt from tera_lambda when an adapter is added, loaded, trained or deleted; not state.
         self._tera_row_tables: dict[str, RowTable] = {}
+        self._tera_adapter_epoch = 0  # bumped when an adapter is added or deleted: the tables are then rebuilt
         self._tera_tables_checked: dict | None = None  # set within one forward / generate call (tera.mixed)
         # The shared factors live once on the TeraModel; a plain (unregistered) reference keeps them out of this
         # layer's state dict and out of `.to()` twice.
@@ -109,6 +110,7 @@ class TeraLayer(BaseTunerLayer):
                 f"tensor plan {plan.key}; choose a value below {len(plan.modes)}."
             )
         object.__setattr__(self, "_tera_shared", shared)
+        self._tera_adapter_epoch += 1
         self.tera_plan[adapter_name] = plan
         self.tera_factor_group[adapter_name] = group  # from factor_group(): the plan when shared
         self.tera_placement[adapter_name] = config.diagonal_placement
@@ -183,6 +185,10 @@ class TeraLayer(BaseTunerLayer):
             self.tera_placement[name],
             self.tera_scaling[name],
         )
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self._tera_adapter_epoch += 1  # tera.mixed: a table must not keep a row for an adapter that is gone
 
     def release_merged_cache(self) -> None:
         """Drop the kept ``W + dW`` of every adapter (cache_merged_weight) and the mixed-batch tables; the next forward

@@ -214,7 +214,7 @@ class TeraModel(BaseTuner):
         if self.training:
             raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
         layers = [m for m in self.model.modules() if isinstance(m, TeraLayer)]
-        check_adapter_names(adapter_names, {name for layer in layers for name in layer.tera_lambda})
+        check_adapter_names(adapter_names, layers)
         num_beams = kwargs.get("num_beams")
         expanded = adapter_names
         if isinstance(num_beams, int) and num_beams > 1:

@@ -255,7 +255,35 @@ def test_the_adapters_are_walked_once_per_generate_call_not_once_per_token(monke
         torch.testing.assert_close(mixed[1:], model(ids[1:]).logits, rtol=1e-12, atol=1e-12)
 
 
-def test_adding_and_deleting_adapters_rebuilds_the_table():
+def test_a_call_checks_only_the_adapters_its_rows_name(monkeypatch, builds):
+    # Serving loops call forward once per token with thousands resident: a call must not walk every adapter.
+    model = _model(*[{}] * len(NAMES))
+    for i in range(9):  # 12 adapters resident in all
+        model.add_adapter(f"extra{i}", _config())
+    model.eval()
+    layers = len(_layers(model))
+    _check_rows(model, X[:2], ["alpha", "beta"])
+    built = builds["n"]
+    versions = _count_calls(monkeypatch, "_row_version")
+    with torch.no_grad():
+        model(X[:2], adapter_names=["alpha", "beta"])
+    assert versions["n"] == 2 * layers and builds["n"] == built  # two adapters looked at per layer, not twelve
+
+    # beta changed in place, gamma too: naming beta refreshes its row in place, no table is rebuilt
+    with torch.no_grad():
+        for layer in _layers(model):
+            layer.tera_lambda["beta"].mul_(-2.0)
+            layer.tera_lambda["gamma"].add_(0.75)
+    _check_rows(model, X[:2], ["beta", "alpha"])
+    assert builds["n"] == built
+    # gamma's row was left stale while no batch named it, and is current the first time one does
+    kept = [(layer, t) for layer in _layers(model) for t in layer._tera_row_tables.values() if "gamma" in t.index]
+    assert len(kept) == layers and all(t.versions["gamma"] != tera.mixed._row_version(lay, "gamma") for lay, t in kept)
+    _check_rows(model, X[:3], ["gamma", "alpha", "extra8"])
+    assert builds["n"] == built
+
+
+def test_adding_and_deleting_adapters_rebuilds_the_table(builds):
     model = _model({}, {})
     _check_rows(model, X[:2], ["alpha", "beta"])
     model.add_adapter("gamma", _config(target_modules=TOY_TARGETS, scaling=3.0))
@@ -267,6 +295,13 @@ def test_adding_and_deleting_adapters_rebuilds_the_table():
     assert all("beta" not in table.index for layer in _layers(model) for table in layer._tera_row_tables.values())
     with pytest.raises(ValueError, match="non-existing adapter"):
         model(X[:1], adapter_names=["beta"])
+    # an adapter added that no batch names still rebuilds the table: the set of adapters changed
+    built = builds["n"]
+    model.add_adapter("beta", _config(target_modules=TOY_TARGETS, scaling=0.5))  # the name again, new values
+    model.eval()
+    _check_rows(model, X[:2], ["gamma", "alpha"])
+    assert builds["n"] > built
+    _check_rows(model, X[:3], ["beta", "gamma", "alpha"])
 
 
 def test_the_table_is_not_state(tmp_path):
