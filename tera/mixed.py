@@ -134,7 +134,9 @@ def row_table(layer: Any, group: str, dtype: torch.dtype, device: torch.device, 
 def _row_version(layer: Any, name: str) -> tuple:
     """What an adapter's row depends on: an optimizer step or ``load_state_dict`` bumps the version of its diagonals,
     a reassignment changes their storage."""
-    lam = layer.tera_lambda[name]
+    # ParameterDict's own store: a plain dict lookup, where its ``[]`` costs ten times more (this runs for every named
+    # adapter on every layer of every call).
+    lam = layer.tera_lambda._parameters[name]
     return lam.data_ptr(), lam._version, layer.tera_placement[name], layer.tera_scaling[name]
 
 
