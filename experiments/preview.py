@@ -24,6 +24,7 @@ from experiments.models.loading import load_tokenizer
 from experiments.run.compose import ComposeError, compose_config
 from experiments.run.schema import validate
 from experiments.tasks.decoder.batching import tokenize_example
+from experiments.tasks.decoder.rows import item_kind
 
 
 def _classification(data: Any, tokenizer: Any, max_length: int, n: int) -> tuple[list[dict], list[str]]:
@@ -62,12 +63,25 @@ def _decoder(data: Any, tokenizer: Any, max_length: int, n: int) -> tuple[list[d
         for name, items in parts.items():
             kind = data.kinds.get(name, "choice")
             for item in items[:n]:
-                target = item["answers"][item["label"]] if "answers" in item else item["target"]
-                lines.append({"split": f"{prefix}/{name}", "input": item["prompt"], "target": target})
-            golds = Counter(i["answers"][i["label"]] if "answers" in i else "number" for i in items)
+                lines.append({"split": f"{prefix}/{name}", "input": item["prompt"], "target": _gold(item)})
+            golds = Counter(_gold_kind(i) for i in items)
             kinds = ", ".join(f"{g!r}: {c}" for g, c in golds.most_common(8))
             summary.append(f"{prefix}/{name}: {len(items)} {kind} items; answers {kinds}")
     return lines, summary
+
+
+def _gold(item: dict[str, Any]) -> str | list[str]:
+    """What scoring compares a decoder item's output with: the right choice, the number, or every reference text."""
+    kind = item_kind(item)
+    if kind == "choice":
+        return item["answers"][item["label"]]
+    return item["references"] if kind == "generation" else item["target"]
+
+
+def _gold_kind(item: dict[str, Any]) -> str:
+    """A summary's answer class: the right choice's text, or "number" / "text" for math and generation items."""
+    kind = item_kind(item)
+    return item["answers"][item["label"]] if kind == "choice" else {"math": "number", "generation": "text"}[kind]
 
 
 def preview(overrides: list[str], n: int) -> tuple[list[dict], list[str]]:

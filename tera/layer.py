@@ -80,7 +80,8 @@ class TeraLayer(BaseTunerLayer):
         # W + dW per adapter with the key of the tensors it was built from (cache_merged_weight); not state.
         self._tera_merged_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
         # Per factor group, the stacked per-row vectors of its adapters for mixed-adapter batches (tera.mixed); a
-        # cache rebuilt from tera_lambda when an adapter is added, loaded, trained or deleted; not state.
+        # cache of tera_lambda, rebuilt when an adapter is added or deleted and refreshed row by row when a batch
+        # names an adapter loaded or trained since; not state.
         self._tera_row_tables: dict[str, RowTable] = {}
         self._tera_adapter_epoch = 0  # bumped when an adapter is added or deleted: the tables are then rebuilt
         self._tera_tables_checked: dict | None = None  # set within one forward / generate call (tera.mixed)

@@ -149,8 +149,10 @@ def _current_table(layer: Any, group: str, dtype: torch.dtype, device: torch.dev
             return _build_table(layer, names, key, dtype, device)
     kept = layer._tera_row_tables.get(group)
     if kept is not None and kept.key == key and wanted <= kept.index.keys():
-        stale = [name for name in wanted if kept.versions[name] != _row_version(layer, name)]
-        if all(kept.versions[name][2] == layer.tera_placement[name] for name in stale):
+        now = {name: _row_version(layer, name) for name in wanted}
+        stale = {name: version for name, version in now.items() if version != kept.versions[name]}
+        # a row can be rewritten in place unless its placement moved (the table's mode-side columns may not exist)
+        if all(version[2] == kept.versions[name][2] for name, version in stale.items()):
             with torch.no_grad():
                 _refresh_rows(layer, kept, stale, dtype)
             return kept
@@ -165,14 +167,15 @@ def _group_names(layer: Any, group: str) -> list[str]:
     return [name for name, g in layer.tera_factor_group.items() if g == group]
 
 
-def _refresh_rows(layer: Any, table: RowTable, names: list[str], dtype: torch.dtype) -> None:
-    """Rewrite the rows of ``names`` from their adapters' diagonals now (the table's other rows are untouched)."""
+def _refresh_rows(layer: Any, table: RowTable, stale: dict[str, tuple], dtype: torch.dtype) -> None:
+    """Rewrite the rows of the ``stale`` adapters from their diagonals now, recording the versions they were read at
+    (the table's other rows are untouched)."""
     mode_side = table.in_mode is not None
-    for name in names:
+    for name, version in stale.items():
         vectors = _row_vectors(layer, name, table.in_rank.device)
         for tensor, vector in zip(_vectors(table), vectors if mode_side else vectors[:2]):
             tensor[table.index[name]] = cast(vector, dtype)
-        table.versions[name] = _row_version(layer, name)
+        table.versions[name] = version
 
 
 def _row_vectors(layer: Any, name: str, device: torch.device) -> list[torch.Tensor]:

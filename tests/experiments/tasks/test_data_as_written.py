@@ -172,3 +172,12 @@ def test_preview_prints_what_the_model_sees_and_a_summary(tmp_path, capsys):
     assert "train.max_length=8 is too short for training example" in capsys.readouterr().err
     assert preview_main(["model=tiny", "task=custom/classification", "task.data_files={train: /no/such.csv}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # a generation item's gold is its reference texts (preview once failed on them with a KeyError)
+    chat = tmp_path / "chat.jsonl"
+    rows = [{"prompt": "Q: hi\nA:", "response": ["hello", "hey"]}, {"prompt": "Q: bye\nA:", "response": "ciao"}]
+    chat.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    files = f"task.data_files={{train: {chat}, test: {chat}}}"
+    assert preview_main(["model=tiny-llama", "task=custom/generation", files, "--n", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = [json.loads(line) for line in lines if line.startswith("{")]
+    assert shown[1]["target"] == ["hello", "hey"] and "text': 2" in lines[-1]
